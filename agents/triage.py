@@ -1,0 +1,189 @@
+"""Triage: split a turn into clauses, route each to a specialist, cheaply.
+
+A local classifier decides in milliseconds. Only a clause it is unsure about is sent to an LLM
+(one short call with a fixed prefix). Every decision carries its scores and reason, and is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from agents import prompts
+from graphs.state import Subtask
+from tools.intent import IntentClassifier, Prediction, RouteConfig
+from tools.models import LedgerEntry, ModelRegistry, call_model
+
+log = logging.getLogger("switchboard.triage")
+
+_SENTENCE = re.compile(r"(?<=[.?!;])\s+")
+# Conjunctions that may join two independent requests in one sentence.
+_CONJ = re.compile(r",?\s+(?:and also|and then|and|also|plus|as well as)\s+", re.IGNORECASE)
+_FOLLOW_UP = re.compile(r"^(?:and|also|what about|how about|and what about)\b|\b(?:them|they|those|it|that|he|she|his|her|their)\b", re.I)
+
+
+def looks_like_follow_up(text: str) -> bool:
+    """Elliptical or anaphoric turns ("and in 2024?", "how many of them ...") lean on context."""
+    return bool(_FOLLOW_UP.search(text))
+
+
+@dataclass
+class TriageDecision:
+    subtasks: list[Subtask]
+    llm_calls: int
+    ledger: list[LedgerEntry]
+    clauses: list[str]
+
+    def as_log(self) -> dict:
+        return {
+            "clauses": self.clauses,
+            "llm_calls": self.llm_calls,
+            "subtasks": [s.model_dump() for s in self.subtasks],
+        }
+
+
+class Triage:
+    def __init__(
+        self,
+        config: RouteConfig,
+        classifier: IntentClassifier,
+        registry: ModelRegistry | None,
+        threshold: float | None = None,
+        use_llm: bool = True,
+    ) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.registry = registry
+        self.threshold = config.threshold if threshold is None else threshold
+        self.use_llm = use_llm and registry is not None
+
+    # --- splitting ----------------------------------------------------------------------
+    def split(self, text: str) -> list[tuple[str, Prediction]]:
+        """Sentences first; then a conjunction split where both halves go to different places."""
+        clauses: list[tuple[str, Prediction]] = []
+        for sentence in filter(None, (s.strip() for s in _SENTENCE.split(text.strip()))):
+            clauses.extend(self._split_sentence(sentence))
+        return clauses
+
+    def _split_sentence(self, sentence: str) -> list[tuple[str, Prediction]]:
+        whole = self.classifier.predict([sentence])[0]
+        for m in _CONJ.finditer(sentence):
+            left, right = sentence[: m.start()].strip(" ,"), sentence[m.end() :].strip(" ,")
+            if len(left.split()) < 3 or len(right.split()) < 3:
+                continue
+            pl, pr = self.classifier.predict([left, right])
+            if (
+                pl.label != pr.label
+                and pl.confidence >= self.threshold
+                and pr.confidence >= self.threshold
+            ):
+                return [(left, pl), *self._split_sentence(right)]
+        return [(sentence, whole)]
+
+    # --- deciding ----------------------------------------------------------------------
+    async def decide(
+        self, text: str, *, has_image: bool, previous_agents: list[str] | None = None, policy: str | None = None
+    ) -> TriageDecision:
+        text = text.strip()
+        if not text and has_image:
+            text = "Please look at the attached image"
+        clauses = self.split(text) if text else []
+        subtasks: list[Subtask] = []
+        ledger: list[LedgerEntry] = []
+        llm_calls = 0
+        for clause, pred in clauses:
+            route, reason, asked = pred.label, f"classifier {pred.confidence:.3f} >= {self.threshold:.3f}", False
+            if pred.confidence < self.threshold:
+                if previous_agents and len(previous_agents) == 1 and looks_like_follow_up(clause):
+                    route = self._route_for_agent(previous_agents[0]) or pred.label
+                    reason = f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); follow-up of the previous {previous_agents[0]} turn"
+                elif self.use_llm:
+                    route, entry = await self._ask_llm(clause, has_image, policy)
+                    ledger.append(entry)
+                    llm_calls += 1
+                    asked = True
+                    reason = f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); LLM chose {route}"
+                else:
+                    route = "general"
+                    reason = f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); no LLM: general"
+            subtasks.extend(self._subtasks_for(route, clause, pred, reason, asked, start=len(subtasks)))
+        if has_image and not any(s.agent == "vision" for s in subtasks):
+            subtasks.insert(0, self._image_subtask(text, clauses))
+        subtasks = _wire_image_dependencies(subtasks)
+        decision = TriageDecision(subtasks=subtasks, llm_calls=llm_calls, ledger=ledger, clauses=[c for c, _ in clauses])
+        for s in subtasks:
+            log.info("route %s -> %s (%s) scores=%s", s.task, s.agent, s.reason, s.scores)
+        return decision
+
+    def _route_for_agent(self, agent: str) -> str | None:
+        for r in self.config.routes.values():
+            if r.agents == (agent,):
+                return r.name
+        return None
+
+    def _subtasks_for(
+        self, route: str, clause: str, pred: Prediction, reason: str, asked: bool, start: int
+    ) -> list[Subtask]:
+        agents = self.config.routes[route].agents
+        out: list[Subtask] = []
+        for i, agent in enumerate(agents):
+            sid = f"t{start + len(out) + 1}"
+            out.append(
+                Subtask(
+                    id=sid,
+                    agent=agent,
+                    task=clause,
+                    route=route,
+                    confidence=round(pred.confidence, 4),
+                    scores=pred.scores,
+                    reason=reason,
+                    llm_asked=asked,
+                    depends_on=[f"t{start + len(out)}"] if i > 0 else [],
+                )
+            )
+        return out
+
+    def _image_subtask(self, text: str, clauses: list[tuple[str, Prediction]]) -> Subtask:
+        scores = clauses[0][1].scores if clauses else {}
+        return Subtask(
+            id="t0",
+            agent="vision",
+            task=text or "Describe the attached image",
+            route="vision",
+            confidence=1.0,
+            scores=scores,
+            reason="an image is attached and no clause was routed to vision",
+        )
+
+    async def _ask_llm(self, clause: str, has_image: bool, policy: str | None) -> tuple[str, LedgerEntry]:
+        assert self.registry is not None
+        handle = self.registry.for_agent("triage", policy)
+        routes = "\n".join(f"{r.name}: {r.description}" for r in self.config.routes.values())
+        msgs = [
+            SystemMessage(prompts.TRIAGE_SYSTEM.format(routes=routes)),
+            HumanMessage(
+                prompts.TRIAGE_USER.format(
+                    clause=clause, image_note=" (an image is attached)" if has_image else ""
+                )
+            ),
+        ]
+        reply, entry = await call_model(handle, msgs, agent="triage", task=clause, max_tokens=6)
+        word = re.findall(r"[a-z_]+", str(reply.content).lower())
+        route = next((w for w in word if w in self.config.routes), "general")
+        return route, entry
+
+
+def _wire_image_dependencies(subtasks: list[Subtask]) -> list[Subtask]:
+    """Non-vision work in an image turn waits for what vision read (it goes into its handoff)."""
+    vision_ids = [s.id for s in subtasks if s.agent == "vision"]
+    if not vision_ids:
+        return subtasks
+    out = []
+    for s in subtasks:
+        if s.agent in ("sql",) and not s.depends_on:
+            s = s.model_copy(update={"depends_on": list(vision_ids)})
+        out.append(s)
+    return out

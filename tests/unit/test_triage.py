@@ -1,0 +1,100 @@
+"""Triage: the local classifier routes confidently without an LLM; multi-part turns split;
+an unsure clause asks the LLM once; follow-ups lean on the previous turn."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.triage import Triage
+from switchboard.settings import Settings
+from tests.fakes import ScriptedChatModel
+from tools.intent import IntentClassifier, RouteConfig
+from tools.models import ModelRegistry
+
+CONFIG = RouteConfig.load(Settings().routes_file)
+
+
+@pytest.fixture(scope="module")
+def classifier() -> IntentClassifier:
+    return IntentClassifier.from_routes(CONFIG)
+
+
+def make_triage(classifier, reply: str = "rag", threshold: float | None = None):
+    registry = ModelRegistry.from_settings(Settings())
+    fake = ScriptedChatModel(respond=lambda msgs: reply)
+    registry.use_chat_model("local-qwen2.5-coder-1.5b", fake)
+    return Triage(CONFIG, classifier, registry, threshold=threshold), fake
+
+
+@pytest.mark.parametrize(
+    ("text", "agent"),
+    [
+        ("How many customers are from Brazil?", "sql"),
+        ("What's your refund policy?", "rag"),
+        ("Which artist has sold the most tracks?", "sql"),
+        ("How long do I have to ask for my money back?", "rag"),
+        ("Good morning!", "general"),
+    ],
+)
+async def test_confident_routes_need_no_llm(classifier, text, agent):
+    triage, fake = make_triage(classifier)
+    decision = await triage.decide(text, has_image=False)
+    assert [s.agent for s in decision.subtasks] == [agent]
+    assert decision.llm_calls == 0 and fake.calls == []
+    assert decision.subtasks[0].scores[decision.subtasks[0].route] >= CONFIG.threshold
+
+
+async def test_two_part_request_is_split_into_two_specialists(classifier):
+    triage, _ = make_triage(classifier)
+    decision = await triage.decide(
+        "How many customers are from Brazil, and what is your refund policy?", has_image=False
+    )
+    assert [s.agent for s in decision.subtasks] == ["sql", "rag"]
+    assert decision.subtasks[0].task == "How many customers are from Brazil"
+    assert decision.subtasks[1].task == "what is your refund policy?"
+
+
+async def test_conjunction_inside_one_request_is_not_split(classifier):
+    triage, _ = make_triage(classifier)
+    decision = await triage.decide("How many customers are from Brazil and Germany?", has_image=False)
+    assert len(decision.subtasks) == 1 and decision.subtasks[0].agent == "sql"
+
+
+async def test_unsure_clause_asks_the_llm_once_and_logs_why(classifier):
+    # threshold 0.999 makes every clause "unsure"; the scripted model answers "rag"
+    triage, fake = make_triage(classifier, reply="rag", threshold=0.999)
+    decision = await triage.decide("Tell me about the store", has_image=False)
+    assert decision.llm_calls == 1 and len(fake.calls) == 1
+    (s,) = decision.subtasks
+    assert s.agent == "rag" and s.llm_asked
+    assert "LLM chose rag" in s.reason and "0.999" in s.reason
+    assert len(decision.ledger) == 1 and decision.ledger[0].agent == "triage"
+
+
+async def test_unparseable_llm_label_falls_back_to_general(classifier):
+    triage, _ = make_triage(classifier, reply="I am not sure, sorry", threshold=0.999)
+    decision = await triage.decide("Tell me about the store", has_image=False)
+    assert decision.subtasks[0].agent == "general"
+
+
+async def test_follow_up_keeps_previous_route_when_unsure(classifier):
+    triage, fake = make_triage(classifier, reply="general", threshold=0.999)
+    decision = await triage.decide("and what about them?", has_image=False, previous_agents=["sql"])
+    assert decision.subtasks[0].agent == "sql"
+    assert "follow-up" in decision.subtasks[0].reason
+    assert fake.calls == []
+
+
+async def test_image_turn_runs_vision_before_sql(classifier):
+    triage, _ = make_triage(classifier)
+    decision = await triage.decide("Check this receipt against our records", has_image=True)
+    agents = [(s.agent, s.depends_on) for s in decision.subtasks]
+    assert agents == [("vision", []), ("sql", ["t1"])]
+
+
+async def test_image_with_unrelated_text_still_gets_vision(classifier):
+    triage, _ = make_triage(classifier)
+    decision = await triage.decide("What's your refund policy?", has_image=True)
+    assert decision.subtasks[0].agent == "vision"
+    assert "image is attached" in decision.subtasks[0].reason
+    assert [s.agent for s in decision.subtasks] == ["vision", "rag"]

@@ -1,0 +1,253 @@
+"""The model registry: which models exist, what they cost, and how to build them.
+
+Agents ask for a tier (``light``/``heavy``) or a capability, never a model name. Every call goes
+through :func:`call_model`, which records tokens, cost (from the registry's prices) and latency
+into a :class:`LedgerEntry` for the turn's ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from pydantic import BaseModel, Field
+
+from switchboard.settings import Settings
+from tools.recording import Cassette, RecordingChatModel
+
+log = logging.getLogger("switchboard.models")
+
+Tier = Literal["light", "heavy"]
+Provider = Literal["llamacpp", "openai", "openai_compatible", "anthropic", "fake"]
+
+
+class Price(BaseModel):
+    input: float = 0.0  # USD per million input tokens
+    output: float = 0.0  # USD per million output tokens
+
+
+class ModelSpec(BaseModel):
+    name: str
+    provider: Provider
+    model: str
+    version: str = ""
+    tier: Tier = "light"
+    price: Price = Field(default_factory=Price)
+    capabilities: list[str] = Field(default_factory=list)
+    base_url: str | None = None
+    requires_env: str | None = None
+    enabled: bool | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.price.input + tokens_out * self.price.output) / 1_000_000
+
+    def available(self) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        return bool(self.requires_env and os.environ.get(self.requires_env))
+
+
+@dataclass
+class LedgerEntry:
+    agent: str
+    task: str
+    model: str
+    model_version: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    latency_ms: int
+    replayed: bool = False
+    subtask_id: str = ""
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ModelHandle:
+    """A chat model plus the registry facts needed to account for its calls."""
+
+    spec: ModelSpec
+    chat: BaseChatModel
+
+
+class RegistryError(ValueError):
+    pass
+
+
+@dataclass
+class ModelRegistry:
+    settings: Settings
+    specs: dict[str, ModelSpec]
+    policies: dict[str, dict[str, Tier]]
+    _cache: dict[tuple[str, str], ModelHandle] = field(default_factory=dict)
+    _cassette: Cassette | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ModelRegistry":
+        return cls.from_file(settings.models_file, settings)
+
+    @classmethod
+    def from_file(cls, path: Path, settings: Settings) -> "ModelRegistry":
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        specs = {n: ModelSpec(name=n, **body) for n, body in (raw.get("models") or {}).items()}
+        for spec in specs.values():
+            unknown = [f for f in spec.fallbacks if f not in specs]
+            if unknown:
+                raise RegistryError(f"model {spec.name!r} names unknown fallbacks {unknown}")
+        return cls(settings=settings, specs=specs, policies=raw.get("policies") or {})
+
+    @cached_property
+    def cassette(self) -> Cassette | None:
+        if self.settings.record_mode == "off":
+            return None
+        if self.settings.cassette_path is None:
+            raise RegistryError("record/replay mode needs SWITCHBOARD_CASSETTE_PATH")
+        return Cassette.load(self.settings.cassette_path)
+
+    def available(self) -> list[ModelSpec]:
+        return [s for s in self.specs.values() if s.available()]
+
+    def tier_for(self, agent: str, policy: str | None = None) -> Tier:
+        policy = policy or self.settings.routing_policy
+        return self.policies.get(policy, {}).get(agent, "light")
+
+    def pick(self, tier: Tier, capability: str | None = None) -> ModelSpec:
+        """The first available model of ``tier`` with ``capability``; the other tier if none."""
+        candidates = [s for s in self.available() if capability is None or capability in s.capabilities]
+        for wanted in (tier, "heavy" if tier == "light" else "light"):
+            for spec in candidates:
+                if spec.tier == wanted:
+                    return spec
+        raise RegistryError(
+            f"no available model for tier={tier!r}"
+            + (f" with capability {capability!r}" if capability else "")
+            + "; enable one in the model registry or set its API key"
+        )
+
+    def for_agent(self, agent: str, policy: str | None = None, capability: str | None = None) -> ModelHandle:
+        spec = self.pick(self.tier_for(agent, policy), capability)
+        return self.handle(spec.name, role=agent)
+
+    def use_chat_model(self, name: str, chat: BaseChatModel, roles: tuple[str, ...] = ()) -> None:
+        """Serve ``name`` with a given chat model (fakes in tests and benchmarks)."""
+        for role in roles or ("default", "triage", "sql", "rag", "vision", "general"):
+            self._cache[(name, role)] = ModelHandle(spec=self.specs[name], chat=chat)
+
+    def handle(self, name: str, role: str = "default") -> ModelHandle:
+        key = (name, role)
+        if key not in self._cache:
+            spec = self.specs[name]
+            chat = self._build(spec, role)
+            if self.cassette is not None:
+                chat = RecordingChatModel(
+                    model_id=name,
+                    mode=self.settings.record_mode,
+                    cassette=self.cassette,
+                    inner_factory=lambda chat=chat: chat,
+                )
+            self._cache[key] = ModelHandle(spec=spec, chat=chat)
+        return self._cache[key]
+
+    def _build(self, spec: ModelSpec, role: str) -> BaseChatModel:
+        s = self.settings
+        if spec.provider == "llamacpp":
+            return _LazyLocal(spec=spec, settings=s, role=role)
+        if spec.provider in ("openai", "openai_compatible"):
+            from langchain_openai import ChatOpenAI
+
+            kwargs: dict[str, Any] = {"model": spec.model, "temperature": 0, "max_retries": 2, "timeout": 60}
+            if spec.provider == "openai_compatible":
+                kwargs["base_url"] = spec.base_url
+                kwargs["api_key"] = os.environ.get(spec.requires_env or "", "") or "not-needed"
+            elif s.openai_base_url:
+                kwargs["base_url"] = s.openai_base_url
+            return ChatOpenAI(**kwargs)
+        if spec.provider == "anthropic":
+            try:
+                from langchain_anthropic import ChatAnthropic  # optional extra
+            except ImportError as exc:
+                raise RegistryError("install langchain-anthropic to use Anthropic models") from exc
+            return ChatAnthropic(model=spec.model, temperature=0)
+        raise RegistryError(f"provider {spec.provider!r} cannot be built from the registry")
+
+
+class _LazyLocal(BaseChatModel):
+    """Defers assembling/loading the GGUF until the first real call (replay never loads it)."""
+
+    spec: ModelSpec
+    settings: Settings
+    role: str
+
+    @property
+    def _llm_type(self) -> str:
+        return "llamacpp-local-lazy"
+
+    @cached_property
+    def _model(self) -> BaseChatModel:
+        from tools.local_llm import ChatLocalLlama, assemble_packaged_gguf
+
+        path = self.settings.local_gguf or assemble_packaged_gguf(self.settings.model_cache_dir)
+        return ChatLocalLlama(
+            model_path=str(path),
+            model_name=self.spec.model,
+            role=self.role,
+            n_ctx=self.settings.local_ctx,
+            n_threads=self.settings.local_threads,
+        )
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[override]
+        return self._model._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[override]
+        return self._model._stream(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+async def call_model(
+    handle: ModelHandle,
+    messages: list[BaseMessage],
+    *,
+    agent: str,
+    task: str,
+    max_tokens: int = 256,
+    stop: list[str] | None = None,
+    subtask_id: str = "",
+) -> tuple[AIMessage, LedgerEntry]:
+    """Call a model (streaming, so UIs see tokens) and account for it."""
+    started = time.monotonic()
+    full = None
+    async for chunk in handle.chat.astream(messages, stop=stop, max_tokens=max_tokens):
+        full = chunk if full is None else full + chunk
+    latency = round((time.monotonic() - started) * 1000)
+    if full is None:
+        raise RuntimeError(f"model {handle.spec.name} returned nothing")
+    usage = full.usage_metadata or {}
+    t_in, t_out = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+    msg = AIMessage(content=str(full.content), usage_metadata=full.usage_metadata,
+                    response_metadata=full.response_metadata)
+    entry = LedgerEntry(
+        agent=agent,
+        task=task,
+        model=handle.spec.name,
+        model_version=handle.spec.version,
+        tokens_in=t_in,
+        tokens_out=t_out,
+        cost_usd=round(handle.spec.cost(t_in, t_out), 8),
+        latency_ms=latency,
+        replayed=bool((full.response_metadata or {}).get("replayed")),
+        subtask_id=subtask_id,
+    )
+    log.info("model call agent=%s model=%s in=%d out=%d cost=%.6f ms=%d",
+             agent, handle.spec.name, t_in, t_out, entry.cost_usd, latency)
+    return msg, entry
