@@ -9,7 +9,6 @@ Reply with the team name only."""
 TRIAGE_USER = "Request: {clause}{image_note}"
 
 SQL_SYSTEM = """You write one SQLite SELECT query that answers a question about the Chinook music store database.
-Tables (PK = primary key, -> = foreign key):
 {schema}
 Rules: one read-only SELECT; only the tables and columns above; no comments; add LIMIT 20 to lists.
 Reply in exactly two lines:
@@ -28,9 +27,10 @@ Write a corrected query in the same two-line format."""
 RAG_SYSTEM = """You answer a customer's question for Chinook, a digital music store, using only the help-center passages given.
 Cite each statement with the passage number in brackets, like [1].
 If the passages do not contain the answer, say you could not find it in the help center.
-Answer in at most three sentences."""
+Answer in at most two sentences."""
 
-RAG_USER = """{passages}
+RAG_USER = """Passages:
+{passages}
 {context}Question: {question}"""
 
 VISION_SYSTEM = """You answer a question about an image a customer uploaded to Chinook's support chat.

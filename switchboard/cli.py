@@ -98,9 +98,9 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     store = Services(settings).kb
     paths = [Path(p) for p in args.paths]
     if args.remove:
-        report = remove(paths, store)
-    else:
-        report = ingest(paths, store, progress=sys.stderr.isatty(), prune=args.prune)
+        print(f"removed {remove(paths, store)} source(s)")
+        return 0
+    report = ingest(paths, store, progress=sys.stderr.isatty(), prune=args.prune)
     print(report.summary())
     return 0
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from agents.triage import Triage
     from knowledge.store import KnowledgeStore
     from tools.database import ReadOnlyDatabase
+    from tools.embeddings import MiniLMEmbedder
 
 log = logging.getLogger("switchboard")
 
@@ -30,6 +31,12 @@ class Services:
     @cached_property
     def registry(self) -> ModelRegistry:
         return ModelRegistry.from_settings(self.settings)
+
+    @cached_property
+    def embedder(self) -> "MiniLMEmbedder":
+        from tools.embeddings import get_embedder
+
+        return get_embedder()
 
     @cached_property
     def routes(self) -> RouteConfig:

@@ -155,7 +155,7 @@ class ChromaEmbeddingFunction(_chroma_embedding_function_base()):  # type: ignor
         return {}
 
     @staticmethod
-    def build_from_config(config: dict) -> "ChromaEmbeddingFunction":
+    def build_from_config(config: dict) -> ChromaEmbeddingFunction:
         return ChromaEmbeddingFunction()
 
     def embed_query(self, input: Sequence[str]) -> list[np.ndarray]:  # noqa: A002

@@ -1,0 +1,76 @@
+"""What every specialist shares: the handoff it reads and the result it writes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from graphs.state import AgentResult, Handoff
+from tools.models import LedgerEntry
+from tools.recording import MissingRecording
+
+log = logging.getLogger("switchboard.agents")
+
+
+def context_block(handoff: Handoff) -> str:
+    """The shared context as a compact prompt block (empty when there is none)."""
+    parts = []
+    if handoff.get("summary"):
+        parts.append(f"Conversation so far:\n{handoff['summary']}")
+    if handoff.get("entities"):
+        parts.append("Known: " + "; ".join(f"{k} = {v}" for k, v in handoff["entities"].items()))
+    for ev in handoff.get("evidence") or []:
+        if ev.get("ok"):
+            parts.append(f"Found by the {ev['agent']} agent: {ev['answer']}")
+    return ("\n".join(parts) + "\n") if parts else ""
+
+
+class Outcome:
+    """Collects one specialist's answer, evidence and ledger, then becomes a state update."""
+
+    def __init__(self, agent: str, handoff: Handoff) -> None:
+        self.agent = agent
+        self.subtask = handoff["subtask"]
+        self.answer = ""
+        self.ok = True
+        self.error: str | None = None
+        self.evidence: dict[str, Any] = {}
+        self.entities: dict[str, str] = {}
+        self.ledger: list[LedgerEntry] = []
+        self.started = time.monotonic()
+
+    def fail(self, message: str, error: str | None = None) -> None:
+        self.ok, self.answer, self.error = False, message, error or message
+
+    def update(self) -> dict[str, Any]:
+        self.evidence["elapsed_ms"] = round((time.monotonic() - self.started) * 1000)
+        result = AgentResult(
+            subtask_id=self.subtask["id"],
+            agent=self.agent,
+            task=self.subtask["task"],
+            ok=self.ok,
+            answer=self.answer,
+            error=self.error,
+            evidence=self.evidence,
+            entities=self.entities,
+        )
+        return {"results": [result], "ledger": [e.as_dict() for e in self.ledger]}
+
+
+@asynccontextmanager
+async def specialist(agent: str, handoff: Handoff) -> AsyncIterator[Outcome]:
+    """Run a specialist body; an unexpected error becomes a failed result that says what broke
+    (logged with its traceback), so one broken branch never loses the rest of the turn."""
+    out = Outcome(agent, handoff)
+    try:
+        yield out
+    except MissingRecording:
+        raise  # tests must fail loudly on an unrecorded model call
+    except Exception as exc:  # noqa: BLE001 - the node boundary: record, explain, keep the turn
+        log.exception("%s specialist failed on %r", agent, out.subtask["task"])
+        out.fail(
+            f"Sorry, the {agent} specialist could not answer this part ({type(exc).__name__}: {exc}).",
+            error=f"{type(exc).__name__}: {exc}",
+        )

@@ -1,0 +1,33 @@
+"""The generalist: greetings, chit-chat and anything no specialist owns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from agents import prompts
+from agents.base import context_block, specialist
+from graphs.state import Handoff
+from switchboard.services import Services
+from tools.models import call_model
+
+
+class GeneralAgent:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def __call__(self, handoff: Handoff) -> dict[str, Any]:
+        async with specialist("general", handoff) as out:
+            handle = self.services.registry.for_agent("general", handoff["policy"])
+            msgs = [
+                SystemMessage(prompts.GENERAL_SYSTEM),
+                HumanMessage(prompts.GENERAL_USER.format(context=context_block(handoff), question=out.subtask["task"])),
+            ]
+            reply, entry = await call_model(
+                handle, msgs, agent="general", task=out.subtask["task"], max_tokens=160, subtask_id=out.subtask["id"]
+            )
+            out.ledger.append(entry)
+            out.answer = str(reply.content).strip()
+            out.evidence["model"] = handle.spec.name
+        return out.update()

@@ -1,0 +1,107 @@
+"""The vision specialist: questions about an uploaded image.
+
+The upload is validated first (type by content, size, pixels, frames). With a vision-capable
+model available for the agent's tier, the image goes to it; otherwise the offline path reads
+the image with OCR, extracts receipt fields by layout, and the local model answers from that
+text, saying plainly what could not be read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from agents import prompts
+from agents.base import Outcome, context_block, specialist
+from graphs.state import Handoff
+from switchboard.services import Services
+from tools.images import ImageRejected, ValidatedImage, validate_image_file
+from tools.models import ModelSpec, RegistryError, call_model
+
+OCR_CHARS = 1200
+
+
+class VisionAgent:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def __call__(self, handoff: Handoff) -> dict[str, Any]:
+        async with specialist("vision", handoff) as out:
+            path = handoff.get("image_path")
+            if not path:
+                out.fail("No image is attached. Please attach the receipt, screenshot or photo you mean.")
+                return out.update()
+            try:
+                image = validate_image_file(path)
+            except ImageRejected as exc:
+                out.fail(exc.message, error=f"image rejected: {exc.message}")
+                return out.update()
+            out.evidence["image"] = {
+                "name": image.name, "width": image.width, "height": image.height,
+                "format": image.original_format, "downscaled": image.downscaled,
+            }
+            spec = self._vision_model(handoff["policy"])
+            if spec is not None:
+                await self._ask_vision_model(spec, image, handoff, out)
+            else:
+                await self._ocr_then_answer(image, handoff, out)
+        return out.update()
+
+    def _vision_model(self, policy: str) -> ModelSpec | None:
+        reg = self.services.registry
+        try:
+            spec = reg.pick(reg.tier_for("vision", policy), capability="vision")
+        except RegistryError:
+            return None
+        return spec
+
+    async def _ask_vision_model(self, spec: ModelSpec, image: ValidatedImage, handoff: Handoff, out: Outcome) -> None:
+        handle = self.services.registry.handle(spec.name, role="vision")
+        msgs = [
+            SystemMessage(prompts.VISION_MODEL_SYSTEM),
+            HumanMessage(
+                content=[
+                    {"type": "text", "text": f"{context_block(handoff)}Question: {out.subtask['task']}"},
+                    {"type": "image_url", "image_url": {"url": image.data_url()}},
+                ]
+            ),
+        ]
+        reply, entry = await call_model(handle, msgs, agent="vision", task=out.subtask["task"], max_tokens=200, subtask_id=out.subtask["id"])
+        out.ledger.append(entry)
+        out.answer = str(reply.content).strip()
+        out.evidence["model"] = spec.name
+
+    async def _ocr_then_answer(self, image: ValidatedImage, handoff: Handoff, out: Outcome) -> None:
+        from tools.ocr import extract_receipt_fields, read_image
+
+        ocr = read_image(image)
+        text = ocr.text()
+        if not text.strip():
+            out.fail("I could not read any text in this image. If it is a receipt or a screenshot, "
+                     "please upload a sharper or larger picture.")
+            return
+        fields = extract_receipt_fields(ocr)
+        out.evidence["ocr_text"] = text[:OCR_CHARS]
+        out.evidence["fields"] = {
+            "merchant": fields.merchant, "date": fields.date, "total": fields.total,
+            "currency": fields.currency, "unreadable": fields.unreadable,
+        }
+        out.entities = {
+            f"receipt {k}": str(v) for k, v in out.evidence["fields"].items() if v and k != "unreadable"
+        }
+        handle = self.services.registry.for_agent("vision", handoff["policy"])
+        msgs = [
+            SystemMessage(prompts.VISION_SYSTEM),
+            HumanMessage(
+                prompts.VISION_USER.format(
+                    ocr=f"{fields.as_prompt_text()}\nFull text:\n{text[:OCR_CHARS]}",
+                    context=context_block(handoff),
+                    question=out.subtask["task"],
+                )
+            ),
+        ]
+        reply, entry = await call_model(handle, msgs, agent="vision", task=out.subtask["task"], max_tokens=160, subtask_id=out.subtask["id"])
+        out.ledger.append(entry)
+        out.answer = str(reply.content).strip()
+        out.evidence["model"] = handle.spec.name

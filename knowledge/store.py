@@ -1,0 +1,334 @@
+"""The knowledge base: a Chroma collection of document chunks, searched by cosine similarity.
+
+Chroma runs embedded (``PersistentClient`` on a folder) by default, or as a server
+(``HttpClient``) when a URL is configured. Either way the vectors come from our offline
+MiniLM model (``tools.embeddings``): Chroma's default embedding function would try to
+download a model, which fails offline, so it is never allowed to run.
+
+Every chunk carries ``source`` (document identity), ``file``, ``title``, ``url``, ``chunk``
+(position), ``chunks`` (total), ``section``, ``content_hash`` and ``splitter``. Chunk 0 of a
+document is its *marker*: ingestion compares its ``content_hash`` to decide whether a
+document changed, and it is always written last so an interrupted write never looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
+
+    from tools.embeddings import MiniLMEmbedder
+
+SPACE = "cosine"
+RELEVANCE_THRESHOLD = 0.30
+"""Below this top score, treat a search as "nothing relevant found".
+
+Measured on the demo help center (MiniLM int8, title-prefixed chunks): 32 paraphrased policy
+questions had top scores 0.36-0.76 (median 0.59); 10 off-topic questions 0.06-0.19. Questions
+about the store's *data* ("which artist has the most albums?") score 0.39-0.43: routing them
+to SQL is triage's job; no threshold separates them from genuine help-center questions.
+"""
+DEFAULT_COLLECTION = "helpcenter"
+_GET_PAGE = 1000
+
+
+class KnowledgeStoreError(RuntimeError):
+    """The knowledge base cannot be opened or used as configured."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``score`` is cosine similarity (1 - cosine distance), higher is better."""
+
+    text: str
+    title: str
+    source: str
+    url: str
+    chunk: int
+    score: float
+    section: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document to index; ``section`` is its heading path or ``page N``."""
+
+    text: str
+    section: str = ""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the store knows about one indexed document (read from its chunk-0 marker)."""
+
+    source: str
+    file: str
+    title: str
+    url: str
+    content_hash: str
+    splitter: str
+    chunks: int
+
+
+class ChromaSettings(Protocol):
+    """The part of ``switchboard.settings.Settings`` the store needs."""
+
+    chroma_dir: Path
+    chroma_url: str
+    collection: str
+
+
+def source_hash(source: str) -> str:
+    """Short stable hash of a source, the prefix of its chunk ids."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def chunk_id(source: str, index: int) -> str:
+    return f"{source_hash(source)}:{index}"
+
+
+def open_collection(
+    chroma_dir: Path | None = None, chroma_url: str | None = None, name: str = DEFAULT_COLLECTION
+) -> Collection:
+    """Open (or create) the collection with our embedding function and cosine space.
+
+    A server is used when ``chroma_url`` is non-empty, else a persistent folder. Telemetry is
+    off: it would phone home from an offline support tool.
+    """
+    import chromadb
+    from chromadb.config import Settings as ChromaClientSettings
+
+    from tools.embeddings import ChromaEmbeddingFunction
+
+    client_settings = ChromaClientSettings(anonymized_telemetry=False)
+    if chroma_url:
+        host, port, ssl = _parse_chroma_url(chroma_url)
+        try:
+            client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=client_settings)
+        except ValueError as exc:  # chromadb raises ValueError when the server is unreachable
+            raise KnowledgeStoreError(f"cannot reach the Chroma server at {chroma_url}: {exc}") from exc
+    elif chroma_dir is not None:
+        chroma_dir = Path(chroma_dir)
+        chroma_dir.mkdir(parents=True, exist_ok=True)
+        client = chromadb.PersistentClient(path=str(chroma_dir), settings=client_settings)
+    else:
+        raise KnowledgeStoreError("set either chroma_dir (local folder) or chroma_url (server)")
+    collection = client.get_or_create_collection(
+        name=name,
+        embedding_function=ChromaEmbeddingFunction(),
+        configuration={"hnsw": {"space": SPACE}},
+    )
+    _check_space(collection)
+    return collection
+
+
+def _parse_chroma_url(url: str) -> tuple[str, int, bool]:
+    """``http://host:port`` -> (host, port, ssl); a bare ``host:port`` means http."""
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        raise KnowledgeStoreError(f"invalid Chroma URL {url!r}; expected http(s)://host:port")
+    if parsed.path not in {"", "/"}:
+        raise KnowledgeStoreError(f"Chroma URL {url!r} has a path; only http(s)://host:port works")
+    ssl = parsed.scheme == "https"
+    try:
+        port = parsed.port or (443 if ssl else 8000)
+    except ValueError as exc:
+        raise KnowledgeStoreError(f"invalid port in Chroma URL {url!r}") from exc
+    return parsed.hostname, port, ssl
+
+
+def _check_space(collection: Collection) -> None:
+    """Refuse a pre-existing collection built with another metric: its scores would lie."""
+    config = collection.configuration_json or {}
+    space = ((config.get("hnsw") or {}).get("space")) or ((config.get("spann") or {}).get("space"))
+    if space and space != SPACE:
+        raise KnowledgeStoreError(
+            f"collection {collection.name!r} uses the {space!r} distance, but {SPACE!r} is "
+            "required; delete the collection (or choose another name) and ingest again"
+        )
+
+
+class KnowledgeStore:
+    """Chunks of documents in one Chroma collection, keyed by ``source``."""
+
+    def __init__(self, collection: Collection, embedder: MiniLMEmbedder | None = None) -> None:
+        self.collection = collection
+        self._embedder = embedder
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        chroma_dir: Path | None = None,
+        chroma_url: str | None = None,
+        name: str = DEFAULT_COLLECTION,
+    ) -> KnowledgeStore:
+        return cls(open_collection(chroma_dir=chroma_dir, chroma_url=chroma_url, name=name))
+
+    @classmethod
+    def from_settings(cls, settings: ChromaSettings) -> KnowledgeStore:
+        """Open the store described by a ``Settings`` (server if ``chroma_url`` is set)."""
+        return cls.open(
+            chroma_dir=settings.chroma_dir, chroma_url=settings.chroma_url or None, name=settings.collection
+        )
+
+    @property
+    def embedder(self) -> MiniLMEmbedder:
+        if self._embedder is None:
+            from tools.embeddings import get_embedder
+
+            self._embedder = get_embedder()
+        return self._embedder
+
+    def count(self) -> int:
+        """Number of chunks in the collection."""
+        return self.collection.count()
+
+    def sources(self) -> dict[str, SourceInfo]:
+        """Every indexed document, read from the chunk-0 markers (one metadata row each)."""
+        out: dict[str, SourceInfo] = {}
+        offset = 0
+        while True:
+            page = self.collection.get(where={"chunk": 0}, include=["metadatas"], limit=_GET_PAGE, offset=offset)
+            metadatas = page["metadatas"] or []
+            for meta in metadatas:
+                info = _source_info(meta)
+                out[info.source] = info
+            if len(metadatas) < _GET_PAGE:
+                return out
+            offset += _GET_PAGE
+
+    def source_info(self, source: str) -> SourceInfo | None:
+        got = self.collection.get(ids=[chunk_id(source, 0)], include=["metadatas"])
+        metadatas = got["metadatas"] or []
+        return _source_info(metadatas[0]) if metadatas else None
+
+    def chunk_ids(self, source: str) -> list[str]:
+        """Ids of all chunks stored for ``source``."""
+        return list(self.collection.get(where={"source": source}, include=[])["ids"])
+
+    def upsert_document(
+        self,
+        source: str,
+        chunks: Sequence[Chunk],
+        *,
+        title: str,
+        url: str = "",
+        file: str = "",
+        content_hash: str,
+        splitter: str = "",
+    ) -> int:
+        """Replace everything stored for ``source`` with ``chunks``; returns the chunk count.
+
+        Order matters for crash safety: stale ids (beyond the new chunk count) are deleted
+        first, chunk 0 -- the marker holding ``content_hash`` -- is written last. If the run
+        dies midway, the marker still has the old hash (or is gone), so the next ingest sees
+        the document as changed and redoes it instead of trusting a half-written state.
+        """
+        if not chunks:
+            raise ValueError(f"no chunks to store for {source}")
+        ids = [chunk_id(source, i) for i in range(len(chunks))]
+        stale = sorted(set(self.chunk_ids(source)) - set(ids))
+        if stale:
+            self.collection.delete(ids=stale)
+        base: dict[str, str | int] = {
+            "source": source,
+            "file": file,
+            "title": title,
+            "url": url,
+            "content_hash": content_hash,
+            "splitter": splitter,
+            "chunks": len(chunks),
+        }
+        metadatas = [{**base, "chunk": i, "section": c.section} for i, c in enumerate(chunks)]
+        embeddings = self.embedder.embed([embedding_text(title, c) for c in chunks])
+        order = list(range(1, len(chunks))) + [0]
+        batch = max(1, min(self._max_batch(), 256))
+        for start in range(0, len(order), batch):
+            sel = order[start : start + batch]
+            self.collection.upsert(
+                ids=[ids[i] for i in sel],
+                documents=[chunks[i].text for i in sel],
+                metadatas=[metadatas[i] for i in sel],
+                embeddings=[embeddings[i] for i in sel],
+            )
+        return len(chunks)
+
+    def delete_source(self, source: str) -> int:
+        """Remove every chunk of ``source``; returns how many were removed."""
+        ids = self.chunk_ids(source)
+        if ids:
+            self.collection.delete(ids=ids)
+        return len(ids)
+
+    def search(self, query: str, k: int = 5, where: dict[str, Any] | None = None) -> list[Hit]:
+        """The ``k`` chunks most similar to ``query`` (optionally filtered by metadata).
+
+        Scores are cosine similarities in [-1, 1]; MiniLM puts unrelated text below ~0.2.
+        """
+        if not query.strip() or k <= 0:
+            return []
+        total = self.count()
+        if total == 0:
+            return []
+        vector = self.embedder.embed([query])[0]
+        result = self.collection.query(
+            query_embeddings=[vector],
+            n_results=min(k, total),
+            where=where,
+            include=["documents", "metadatas", "distances"],
+        )
+        docs = (result["documents"] or [[]])[0]
+        metas = (result["metadatas"] or [[]])[0]
+        dists = (result["distances"] or [[]])[0]
+        return [
+            Hit(
+                text=doc or "",
+                title=str(meta.get("title", "")),
+                source=str(meta.get("source", "")),
+                url=str(meta.get("url", "")),
+                chunk=int(meta.get("chunk", 0)),
+                score=round(1.0 - float(dist), 4),
+                section=str(meta.get("section", "")),
+            )
+            for doc, meta, dist in zip(docs, metas, dists, strict=True)
+        ]
+
+    def _max_batch(self) -> int:
+        try:
+            return int(self.collection._client.get_max_batch_size())  # noqa: SLF001
+        except (AttributeError, TypeError, ValueError):
+            return 100
+
+
+_WS = re.compile(r"\s+")
+
+
+def embedding_text(title: str, chunk: Chunk) -> str:
+    """What gets embedded for a chunk: its title and section, then the text.
+
+    A chunk such as "Partial refunds for albums: ..." rarely repeats the article's topic;
+    prefixing the title lets "refund policy" find it. The stored document stays the raw text.
+    """
+    heading = " > ".join(part for part in (title, chunk.section) if part)
+    body = _WS.sub(" ", chunk.text).strip()
+    return f"{heading}\n{body}" if heading else body
+
+
+def _source_info(meta: Any) -> SourceInfo:
+    return SourceInfo(
+        source=str(meta.get("source", "")),
+        file=str(meta.get("file", "")),
+        title=str(meta.get("title", "")),
+        url=str(meta.get("url", "")),
+        content_hash=str(meta.get("content_hash", "")),
+        splitter=str(meta.get("splitter", "")),
+        chunks=int(meta.get("chunks", 0)),
+    )

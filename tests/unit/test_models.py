@@ -1,0 +1,97 @@
+"""Model registry and the local model's integrity checks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+from langchain_core.messages import HumanMessage
+
+import tools.local_llm as local_llm
+from switchboard.settings import Settings
+from tests.fakes import ScriptedChatModel
+from tools.embeddings import ModelIntegrityError
+from tools.models import ModelRegistry, RegistryError, call_model
+
+
+def test_offline_default_is_the_local_model_for_every_agent():
+    reg = ModelRegistry.from_settings(Settings())
+    assert [m.name for m in reg.available()] == ["local-qwen2.5-coder-1.5b"]
+    for agent in ("triage", "sql", "rag", "vision", "general"):
+        assert reg.for_agent(agent).spec.provider == "llamacpp"
+
+
+def test_hosted_models_become_available_with_their_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-000000000000000000000")
+    reg = ModelRegistry.from_settings(Settings())
+    assert reg.pick("heavy").name == "gpt-4o"
+    assert reg.pick("light", capability="vision").name == "gpt-4o-mini"
+    assert reg.for_agent("sql", policy="best-quality").spec.name == "gpt-4o"
+    assert reg.for_agent("sql", policy="cost-saver").spec.name == "local-qwen2.5-coder-1.5b"
+
+
+def test_no_model_with_a_capability_is_a_clear_error():
+    reg = ModelRegistry.from_settings(Settings())
+    with pytest.raises(RegistryError, match="capability 'vision'"):
+        reg.pick("light", capability="vision")
+
+
+def test_unknown_fallback_in_registry_file_is_rejected(tmp_path):
+    f = tmp_path / "models.yaml"
+    f.write_text("models:\n  a: {provider: openai, model: x, fallbacks: [nope]}\n")
+    with pytest.raises(RegistryError, match="unknown fallbacks"):
+        ModelRegistry.from_file(f, Settings())
+
+
+def test_call_model_prices_tokens_from_the_registry(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-000000000000000000000")
+    reg = ModelRegistry.from_settings(Settings())
+    reg.use_chat_model("gpt-4o", ScriptedChatModel(respond=lambda m: "one two three"))
+    msg, entry = asyncio.run(call_model(reg.handle("gpt-4o"), [HumanMessage("a b")], agent="general", task="t"))
+    assert msg.content == "one two three"
+    assert (entry.tokens_in, entry.tokens_out) == (2, 3)
+    assert entry.cost_usd == pytest.approx((2 * 2.50 + 3 * 10.00) / 1e6)
+    assert entry.model_version == "gpt-4o-2024-11-20"
+
+
+def _fake_parts(tmp_path, monkeypatch, payloads):
+    paths = []
+    for i, data in enumerate(payloads, 1):
+        p = tmp_path / f"part{i:02d}.bin"
+        p.write_bytes(data)
+        paths.append(p)
+    monkeypatch.setattr(local_llm, "N_PARTS", len(paths))
+    monkeypatch.setattr(local_llm, "_part_path", lambda i: paths[i - 1])
+    return paths
+
+
+def test_gguf_is_assembled_in_order_and_verified(tmp_path, monkeypatch):
+    payloads = [b"GGUF" + b"a" * 10, b"b" * 7, b"c" * 3]
+    whole = b"".join(payloads)
+    _fake_parts(tmp_path, monkeypatch, payloads)
+    monkeypatch.setattr(local_llm, "GGUF_SHA256", hashlib.sha256(whole).hexdigest())
+    monkeypatch.setattr(local_llm, "GGUF_SIZE", len(whole))
+    out = local_llm.assemble_packaged_gguf(tmp_path / "cache", progress=False)
+    assert out.read_bytes() == whole
+    # second call trusts the marker and does not rebuild
+    mtime = out.stat().st_mtime_ns
+    assert local_llm.assemble_packaged_gguf(tmp_path / "cache", progress=False).stat().st_mtime_ns == mtime
+
+
+def test_gguf_with_wrong_digest_is_refused_and_not_left_behind(tmp_path, monkeypatch):
+    _fake_parts(tmp_path, monkeypatch, [b"tampered", b"weights"])
+    monkeypatch.setattr(local_llm, "GGUF_SIZE", 15)
+    with pytest.raises(ModelIntegrityError, match="refusing"):
+        local_llm.assemble_packaged_gguf(tmp_path / "cache", progress=False)
+    assert not any((tmp_path / "cache").iterdir())
+
+
+def test_tampered_cached_gguf_is_rebuilt_from_the_parts(tmp_path, monkeypatch):
+    payloads = [b"good", b"data"]
+    _fake_parts(tmp_path, monkeypatch, payloads)
+    monkeypatch.setattr(local_llm, "GGUF_SHA256", hashlib.sha256(b"gooddata").hexdigest())
+    monkeypatch.setattr(local_llm, "GGUF_SIZE", 8)
+    out = local_llm.assemble_packaged_gguf(tmp_path / "cache", progress=False)
+    out.write_bytes(b"evil!!!!")  # changes size/mtime, so the marker no longer vouches for it
+    assert local_llm.assemble_packaged_gguf(tmp_path / "cache", progress=False).read_bytes() == b"gooddata"
