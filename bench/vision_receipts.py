@@ -1,0 +1,227 @@
+"""Benchmark the offline vision pipeline on the Softmatic German receipt scans.
+
+Pipeline per receipt (exactly what the vision specialist runs): ``validate_image_file``
+(decode, EXIF, RGB, downscale to max 2048 px) -> RapidOCR ``read_image`` ->
+``extract_receipt_fields``. The clock covers all three; the one-off engine load is timed
+separately.
+
+Ground truth (``labels.jsonl``, from the upstream file names): merchant slug, date, total.
+Scoring:
+  * total:    extracted normalised decimal == label ("24.23");
+  * date:     extracted ISO date == label DD.MM.YYYY converted to ISO;
+  * merchant: exact = after normalisation (lower-case, umlauts folded, every run of
+              non-alphanumerics -> one space, trimmed) the extracted name equals the slug;
+              contains = the slug occurs in the normalised name with spaces removed
+              ("HORNBACH Baumarkt" contains "hornbach"). Labels are brand slugs ("aldi",
+              "apotheke"), so "contains" is the figure that reflects usefulness.
+A field the extractor reports as unreadable (None) is counted separately from a wrong one:
+abstaining is the intended behaviour when the scan does not show the field.
+
+Usage (from the repo root):
+    .venv/bin/python bench/vision_receipts.py [--limit N] [--verbose] [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make `tools` importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tools.images import MAX_SIDE, ImageRejected, validate_image_file  # noqa: E402
+from tools.ocr import OcrUnavailable, ReceiptFields, extract_receipt_fields, fold, get_engine, read_image  # noqa: E402
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "vision" / "softmatic_receipts_de"
+FIELDS = ("total", "date", "merchant")
+
+
+@dataclass
+class Label:
+    image: Path
+    merchant: str
+    date_iso: str
+    total: str
+
+
+@dataclass
+class Outcome:
+    label: Label
+    fields: ReceiptFields | None
+    seconds: float
+    error: str | None = None
+
+    def total_ok(self) -> bool:
+        return self.fields is not None and self.fields.total == self.label.total
+
+    def date_ok(self) -> bool:
+        return self.fields is not None and self.fields.date == self.label.date_iso
+
+    def merchant_exact(self) -> bool:
+        return self.fields is not None and normalise_merchant(self.fields.merchant) == self.label.merchant
+
+    def merchant_contains(self) -> bool:
+        if self.fields is None or self.fields.merchant is None:
+            return False
+        return self.label.merchant.replace(" ", "") in normalise_merchant(self.fields.merchant).replace(" ", "")
+
+
+def normalise_merchant(name: str | None) -> str:
+    """Lower-case, umlauts folded, non-alphanumeric runs -> one space, trimmed."""
+    if name is None:
+        return ""
+    return re.sub(r"[^a-z0-9]+", " ", fold(name)).strip()
+
+
+def load_labels(data_dir: Path) -> list[Label]:
+    """Read labels.jsonl; a missing folder or file is a clear error, not an empty run."""
+    labels_file = data_dir / "labels.jsonl"
+    if not labels_file.is_file():
+        raise SystemExit(
+            f"error: {labels_file} not found. Pass --data pointing at the softmatic_receipts_de "
+            "folder (it holds labels.jsonl and the A/ scans)."
+        )
+    labels: list[Label] = []
+    for n, line in enumerate(labels_file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            day, month, year = row["date"].split(".")
+            labels.append(
+                Label(
+                    image=data_dir / row["image"],
+                    merchant=normalise_merchant(row["merchant"]),
+                    date_iso=f"{year}-{month}-{day}",
+                    total=row["total_eur"],
+                )
+            )
+        except (json.JSONDecodeError, KeyError, ValueError) as exc:
+            raise SystemExit(f"error: {labels_file}:{n} is not a valid label row: {exc}") from exc
+    return labels
+
+
+def run_one(label: Label, max_side: int) -> Outcome:
+    start = time.perf_counter()
+    try:
+        image = validate_image_file(label.image, max_side=max_side)
+        fields = extract_receipt_fields(read_image(image))
+    except ImageRejected as exc:
+        return Outcome(label, None, time.perf_counter() - start, error=exc.message)
+    return Outcome(label, fields, time.perf_counter() - start)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation; honest for 26 samples)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def field_counts(outcomes: list[Outcome], field: str) -> tuple[int, int, int]:
+    """(correct, wrong, unreadable) for one field; failed images count as unreadable."""
+    correct = wrong = unreadable = 0
+    for o in outcomes:
+        value = None if o.fields is None else getattr(o.fields, field)
+        ok = {"total": o.total_ok, "date": o.date_ok, "merchant": o.merchant_exact}[field]()
+        if ok:
+            correct += 1
+        elif value is None:
+            unreadable += 1
+        else:
+            wrong += 1
+    return correct, wrong, unreadable
+
+
+def print_rows(outcomes: list[Outcome]) -> None:
+    print(f"{'image':34} {'total':>16} {'date':>23} {'merchant':<32} {'sec':>5}")
+    for o in outcomes:
+        f = o.fields
+        if f is None:
+            print(f"{o.label.image.name:34} REJECTED: {o.error}")
+            continue
+        total = f"{'+' if o.total_ok() else '-'} {f.total or '—'}"
+        if not o.total_ok():
+            total += f" ({o.label.total})"
+        when = f"{'+' if o.date_ok() else '-'} {f.date or '—'}"
+        merchant = f"{'+' if o.merchant_exact() else '~' if o.merchant_contains() else '-'} {f.merchant or '—'}"
+        print(f"{o.label.image.name:34} {total:>16} {when:>23} {merchant[:32]:<32} {o.seconds:5.2f}")
+    print("(+ correct, - wrong or unreadable, ~ merchant matches only leniently, — unreadable)\n")
+
+
+def print_summary(outcomes: list[Outcome], load_seconds: float, max_side: int) -> None:
+    n = len(outcomes)
+    secs = [o.seconds for o in outcomes]
+    print(f"Offline receipt pipeline (validate max_side={max_side} -> RapidOCR -> rules), n={n}")
+    print(f"{'metric':34} {'value':>10}  {'correct / wrong / unreadable':>28}")
+    for field in FIELDS:
+        c, w, u = field_counts(outcomes, field)
+        label = "merchant exact (normalised)" if field == "merchant" else f"{field} exact"
+        print(f"{label:34} {c / n:>10.1%}  {f'{c} / {w} / {u}':>28}")
+    lenient = sum(o.merchant_contains() for o in outcomes)
+    print(f"{'merchant contains (lenient)':34} {lenient / n:>10.1%}  {f'{lenient} of {n}':>28}")
+    rejected = sum(o.fields is None for o in outcomes)
+    print(f"{'images rejected by validation':34} {rejected:>10}")
+    print(f"{'seconds/image mean':34} {mean(secs):>10.2f}")
+    print(f"{'seconds/image p50':34} {percentile(secs, 50):>10.2f}")
+    print(f"{'seconds/image p95':34} {percentile(secs, 95):>10.2f}")
+    print(f"{'OCR engine load (once), seconds':34} {load_seconds:>10.2f}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"dataset folder (default: {DEFAULT_DATA})")
+    p.add_argument("--limit", type=int, default=None, help="only the first N receipts (quick run)")
+    p.add_argument("--verbose", action="store_true", help="print one row per receipt")
+    p.add_argument("--max-side", type=int, default=MAX_SIDE, help="validation downscale limit (px)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="hosted vision model to compare against (not implemented yet: needs the model layer)",
+    )
+    args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.model is not None:
+        print(
+            f"error: --model {args.model!r}: hosted vision models are not implemented yet in this "
+            "bench; it measures the offline OCR pipeline only.",
+            file=sys.stderr,
+        )
+        return 2
+    labels = load_labels(args.data)[: args.limit]
+    start = time.perf_counter()
+    try:
+        get_engine()
+    except OcrUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    load_seconds = time.perf_counter() - start
+    outcomes = []
+    for label in labels:
+        outcomes.append(run_one(label, args.max_side))
+        if not args.verbose:
+            print(".", end="", flush=True, file=sys.stderr)
+    if not args.verbose:
+        print(file=sys.stderr)
+    if args.verbose:
+        print_rows(outcomes)
+    print_summary(outcomes, load_seconds, args.max_side)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
