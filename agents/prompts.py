@@ -11,6 +11,7 @@ TRIAGE_USER = "Request: {clause}{image_note}"
 SQL_SYSTEM = """You write one SQLite SELECT query that answers a question about the Chinook music store database.
 {schema}
 Rules: one read-only SELECT; only the tables and columns above; no comments; add LIMIT 20 to lists.
+Dates are stored as 'YYYY-MM-DD HH:MM:SS': compare with date(col) or strftime. Look records up by id when one is given (invoice number = InvoiceId).
 Reply in exactly two lines:
 SQL: <the query on one line>
 ANSWER: <one short sentence answering the question, with {{result}} where the query result goes>

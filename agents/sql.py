@@ -41,22 +41,24 @@ def parse_reply(text: str) -> tuple[str, str]:
 
 
 def render_answer(template: str, result: QueryResult) -> str:
-    """Fill the model's answer sentence with the real result (never a number the model made up)."""
+    """Fill the model's answer sentence with the real result (never a number the model made up).
+
+    The template is only trusted where it has a ``{result}`` slot: a sentence written before the
+    query ran cannot know whether anything matched, so an empty result always says so plainly.
+    """
     rows = result.rows
     if not rows:
-        return "The query returned no rows." if not template else template.replace("{result}", "no")
+        return "I found no matching records in the database."
+    slot = "{result}" in template
     if len(rows) == 1 and len(rows[0]) == 1:
         value = rows[0][0]
         value = f"{value:,.2f}" if isinstance(value, float) else str(value)
-        return template.replace("{result}", value) if "{result}" in template else f"The answer is {value}."
+        return template.replace("{result}", value) if slot else f"The database says: {value}."
     if len(result.columns) <= 2 and len(rows) <= 10:
         listed = ", ".join(" ".join(str(v) for v in r) for r in rows)
-        if "{result}" in template:
-            return template.replace("{result}", listed)
-        return f"{template} {listed}".strip()
-    lead = template.replace("{result}", "the following") if template else "Here is what the database says:"
+        return template.replace("{result}", listed) if slot else f"The database returned: {listed}."
     more = " (first rows shown)" if result.truncated or len(rows) > 10 else ""
-    return f"{lead}{more}\n\n{result.as_markdown(max_rows=10)}"
+    return f"The database returned {len(rows)} row{'s' if len(rows) != 1 else ''}{more}:\n\n{result.as_markdown(max_rows=10)}"
 
 
 def single_row_entities(result: QueryResult) -> dict[str, str]:
@@ -102,7 +104,7 @@ class SQLAgent:
                 sql = check_read_only(sql, dialect=db.dialect)
                 problems = db.validate(sql)
                 if problems:
-                    raise SQLExecutionError("; ".join(problems))
+                    raise SQLExecutionError("; ".join(problems), sql)
                 result = db.run(sql, max_rows=50)
             except (UnsafeSQL, SQLExecutionError) as exc:
                 error = getattr(exc, "reason", None) or str(exc)

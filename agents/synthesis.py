@@ -21,10 +21,15 @@ def compose(subtasks: list[dict[str, Any]], results: list[AgentResult]) -> str:
         return "I could not work out what to do with that message. Could you rephrase it?"
     if len(ordered) == 1:
         return ordered[0]["answer"]
+    tasks = [r["task"] for r in ordered]
     parts = []
     for r in ordered:
-        parts.append(f"**{r['task'].rstrip('?.! ')}?**\n{r['answer']}" if r["agent"] != "vision" or r["ok"] else r["answer"])
+        heading = r["task"].rstrip("?.! ") + "?" if tasks.count(r["task"]) == 1 else _LABELS[r["agent"]]
+        parts.append(f"**{heading}**\n{r['answer']}")
     return "\n\n".join(parts)
+
+
+_LABELS = {"vision": "Read from the image", "sql": "In our records", "rag": "From the help center", "general": "Also"}
 
 
 async def synthesize(state: SupportState) -> dict[str, Any]:

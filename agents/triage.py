@@ -186,4 +186,5 @@ def _wire_image_dependencies(subtasks: list[Subtask]) -> list[Subtask]:
         if s.agent in ("sql",) and not s.depends_on:
             s = s.model_copy(update={"depends_on": list(vision_ids)})
         out.append(s)
-    return out
+    needed = {d for s in out for d in s.depends_on}
+    return [s.model_copy(update={"extract_only": True}) if s.id in needed else s for s in out]

@@ -90,6 +90,10 @@ class VisionAgent:
         out.entities = {
             f"receipt {k}": str(v) for k, v in out.evidence["fields"].items() if v and k != "unreadable"
         }
+        if out.subtask.get("extract_only"):
+            # another specialist answers the question from what was read: no model call here
+            out.answer = f"{fields.as_prompt_text()}\nText on the image: {' / '.join(text.splitlines()[:12])}"
+            return
         handle = self.services.registry.for_agent("vision", handoff["policy"])
         msgs = [
             SystemMessage(prompts.VISION_SYSTEM),

@@ -32,6 +32,8 @@ class Subtask(BaseModel):
     reason: str
     llm_asked: bool = False
     depends_on: list[str] = Field(default_factory=list)
+    # set when another subtask depends on this one: just gather evidence, the dependent answers
+    extract_only: bool = False
 
 
 class AgentResult(TypedDict):

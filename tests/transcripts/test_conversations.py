@@ -50,3 +50,22 @@ async def test_pronoun_is_resolved_from_context_after_a_restart(cassette_setting
     assert "5" in second.answer
     assert "Brazil" in second.results[0]["evidence"]["sql"]
     assert "How many customers do we have?" in second.summary
+
+
+async def test_image_and_sql_combined_request(cassette_settings):
+    """Vision reads the invoice (offline OCR, no model call), SQL looks it up with what vision read."""
+    from pathlib import Path
+
+    image = Path(__file__).parents[1] / "fixtures" / "images" / "chinook_invoice_98.png"
+    turn = await ask(cassette_settings, "Check this invoice against our records", image=image)
+    assert [(s.agent, s.id) for s in turn.subtasks] == [("vision", "t1"), ("sql", "t2")]
+    vision, sql = sorted(turn.results, key=lambda r: r["subtask_id"])
+    assert vision["evidence"]["fields"]["total"] == "3.98"
+    assert vision["evidence"]["fields"]["date"] == "2022-03-11"
+    assert "InvoiceId = 98" in sql["evidence"]["sql"]
+    assert sql["evidence"]["rows"][0][0] == 98 and sql["evidence"]["rows"][0][-1] == 3.98
+    assert "Read from the image" in turn.answer and "In our records" in turn.answer
+    # reading the image needed no model call; the classifier was unsure of this wording, so
+    # triage asked the LLM once (and says so)
+    assert [e["agent"] for e in turn.ledger if e["agent"] != "triage"] == ["sql"]
+    assert [s["route"] for s in turn.triage["subtasks"]] == ["records_check", "records_check"]
