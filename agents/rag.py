@@ -91,7 +91,7 @@ def attribute(answer: str, passages: list[str], services: Services) -> str:
         return answer
     emb = services.embedder
     sims = emb.embed([sentences[i] for i in todo]) @ emb.embed(passages).T
-    for row, i in zip(sims, todo):
+    for row, i in zip(sims, todo, strict=True):
         best = int(row.argmax())
         if row[best] >= ATTRIBUTION_MIN:
             s = sentences[i].rstrip()

@@ -65,7 +65,7 @@ def single_row_entities(result: QueryResult) -> dict[str, str]:
     """A one-row answer establishes facts later turns can refer to (e.g. the customer's name)."""
     if len(result.rows) != 1 or len(result.columns) < 2:
         return {}
-    row = dict(zip(result.columns, result.rows[0]))
+    row = dict(zip(result.columns, result.rows[0], strict=True))
     ents = {k: str(v) for k, v in row.items() if v is not None and len(str(v)) < 80}
     if "FirstName" in row and "LastName" in row:
         ents = {"person": f"{row['FirstName']} {row['LastName']}", **ents}

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from graphs.state import Context
 from graphs.support import build_support_graph, turn_input
@@ -99,7 +100,7 @@ class Switchboard:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings | None = None) -> AsyncIterator["Switchboard"]:
+    async def open(cls, settings: Settings | None = None) -> AsyncIterator[Switchboard]:
         settings = settings or Settings()
         services = Services(settings)
         async with open_checkpointer(settings) as saver:

@@ -33,7 +33,7 @@ class Services:
         return ModelRegistry.from_settings(self.settings)
 
     @cached_property
-    def embedder(self) -> "MiniLMEmbedder":
+    def embedder(self) -> MiniLMEmbedder:
         from tools.embeddings import get_embedder
 
         return get_embedder()
@@ -43,7 +43,7 @@ class Services:
         return RouteConfig.load(self.settings.routes_file)
 
     @cached_property
-    def triage(self) -> "Triage":
+    def triage(self) -> Triage:
         from agents.triage import Triage
 
         return Triage(
@@ -55,13 +55,13 @@ class Services:
         )
 
     @cached_property
-    def db(self) -> "ReadOnlyDatabase":
+    def db(self) -> ReadOnlyDatabase:
         from tools.database import ReadOnlyDatabase
 
         return ReadOnlyDatabase.from_url(self.settings.database_url)
 
     @cached_property
-    def kb(self) -> "KnowledgeStore":
+    def kb(self) -> KnowledgeStore:
         from knowledge.ingest import ensure_demo_ingested
         from knowledge.store import KnowledgeStore, open_collection
 

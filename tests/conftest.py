@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ from switchboard.settings import REPO_ROOT, Settings
 CASSETTES = Path(__file__).parent / "transcripts" / "cassettes"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
-# Never let the developer's environment leak into tests.
+# Never let the developer's environment leak into tests (test-server URLs excepted).
+_KEEP = {"SWITCHBOARD_RECORD_MODE", "SWITCHBOARD_TEST_PG_URL", "SWITCHBOARD_PG_URL",
+         "SWITCHBOARD_CHINOOK_ADMIN_URL", "SWITCHBOARD_TEST_CHROMA_URL", "SWITCHBOARD_TEST_SERVERS"}
 for _name in list(os.environ):
-    if _name.startswith("SWITCHBOARD_") and _name not in ("SWITCHBOARD_RECORD_MODE", "SWITCHBOARD_TEST_PG_URL", "SWITCHBOARD_TEST_CHROMA_URL"):
+    if _name.startswith("SWITCHBOARD_") and _name not in _KEEP:
         del os.environ[_name]
 os.environ.pop("OPENAI_API_KEY", None)
 os.environ.pop("ANTHROPIC_API_KEY", None)
@@ -51,3 +54,32 @@ def cassette_settings(request: pytest.FixtureRequest, make_settings):
     if mode == "record" and path.exists():
         path.unlink()
     return make_settings(record_mode=mode, cassette_path=path)
+
+
+def _start_server(script: str) -> dict[str, str]:
+    """Run one of the project's server scripts; return the variables it exports."""
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / script)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scripts/{script} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    found = dict(re.findall(r"^export (\w+)=(\S+)$", proc.stdout, re.M))
+    m = re.search(r"running at (http://\S+)", proc.stdout + proc.stderr)
+    if m:
+        found["SWITCHBOARD_TEST_CHROMA_URL"] = m.group(1)
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the real servers the integration tests need (PostgreSQL, Chroma) with the project's
+    own scripts. In CI a server that cannot start fails the run; elsewhere its tests skip.
+    Set SWITCHBOARD_TEST_SERVERS=0 to skip starting them."""
+    if os.environ.get("SWITCHBOARD_TEST_SERVERS", "1") == "0":
+        return
+    for script, var in (("postgres.sh", "SWITCHBOARD_TEST_PG_URL"), ("chroma.sh", "SWITCHBOARD_TEST_CHROMA_URL")):
+        if os.environ.get(var):
+            continue
+        try:
+            os.environ.update(_start_server(script))
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            if os.environ.get("CI"):
+                raise pytest.UsageError(str(exc)) from exc
+            config.issue_config_time_warning(pytest.PytestWarning(f"{script}: {exc}"), stacklevel=2)

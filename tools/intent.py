@@ -8,9 +8,9 @@ what triage runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import yaml
@@ -33,7 +33,7 @@ class RouteConfig:
     threshold: float
 
     @classmethod
-    def load(cls, path: Path) -> "RouteConfig":
+    def load(cls, path: Path) -> RouteConfig:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         routes = {
             name: Route(
@@ -72,10 +72,10 @@ class IntentClassifier:
     def embedder(self) -> MiniLMEmbedder:
         return self._embedder or get_embedder()
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> "IntentClassifier":
+    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> IntentClassifier:
         return self.fit_vectors(self.embedder.embed(list(texts)), labels)
 
-    def fit_vectors(self, X: np.ndarray, labels: Sequence[str]) -> "IntentClassifier":
+    def fit_vectors(self, X: np.ndarray, labels: Sequence[str]) -> IntentClassifier:
         self._clf = LogisticRegression(C=self.C, max_iter=2000)
         self._clf.fit(X, list(labels))
         self.labels = [str(c) for c in self._clf.classes_]
@@ -92,7 +92,7 @@ class IntentClassifier:
                 Prediction(
                     label=self.labels[best],
                     confidence=float(row[best]),
-                    scores={lab: round(float(p), 4) for lab, p in zip(self.labels, row)},
+                    scores={lab: round(float(p), 4) for lab, p in zip(self.labels, row, strict=True)},
                 )
             )
         return out
@@ -101,7 +101,7 @@ class IntentClassifier:
         return self.predict_vectors(self.embedder.embed(list(texts)))
 
     @classmethod
-    def from_routes(cls, config: RouteConfig, embedder: MiniLMEmbedder | None = None) -> "IntentClassifier":
+    def from_routes(cls, config: RouteConfig, embedder: MiniLMEmbedder | None = None) -> IntentClassifier:
         texts, labels = [], []
         for route in config.routes.values():
             texts.extend(route.examples)

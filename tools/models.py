@@ -95,11 +95,11 @@ class ModelRegistry:
     _cassette: Cassette | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ModelRegistry":
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
         return cls.from_file(settings.models_file, settings)
 
     @classmethod
-    def from_file(cls, path: Path, settings: Settings) -> "ModelRegistry":
+    def from_file(cls, path: Path, settings: Settings) -> ModelRegistry:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         specs = {n: ModelSpec(name=n, **body) for n, body in (raw.get("models") or {}).items()}
         for spec in specs.values():

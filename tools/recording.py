@@ -16,8 +16,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -75,7 +76,7 @@ class Cassette:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: Path) -> "Cassette":
+    def load(cls, path: Path) -> Cassette:
         path = Path(path)
         if not path.exists():
             return cls(path)

@@ -1,0 +1,39 @@
+"""Conversations persist in a real PostgreSQL (started by scripts/postgres.sh) across a restart."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from graphs import build_support_graph
+from switchboard.api import Switchboard
+from switchboard.persistence import open_checkpointer
+from tests.graph.test_support_graph import scripted_services
+
+PG_URL = os.environ.get("SWITCHBOARD_PG_URL", "")
+pytestmark = pytest.mark.skipif(not PG_URL, reason="SWITCHBOARD_PG_URL is not set: run `eval \"$(scripts/postgres.sh)\"`")
+
+
+async def test_conversation_survives_restart_on_postgres(make_settings):
+    settings = make_settings(checkpoint_url=PG_URL)
+    thread = f"pg-{uuid.uuid4().hex}"
+    services, _ = scripted_services(settings)
+    async with open_checkpointer(settings) as saver:
+        assert type(saver).__name__ == "AsyncPostgresSaver"
+        first = await Switchboard(build_support_graph(services=services, checkpointer=saver), services).ask(
+            "How many customers do we have?", thread_id=thread
+        )
+    assert first.answer == "We have 59 customers."
+    services2, fake2 = scripted_services(settings)
+    async with open_checkpointer(settings) as saver:
+        turn = await Switchboard(build_support_graph(services=services2, checkpointer=saver), services2).ask(
+            "and how many of them are from Brazil?", thread_id=thread
+        )
+        state = await build_support_graph(services=services2, checkpointer=saver).aget_state(
+            {"configurable": {"thread_id": thread}}
+        )
+    assert turn.answer == "5 of them are from Brazil."
+    assert "We have 59 customers." in str(fake2.calls[-1][-1].content)
+    assert len(state.values["turns"]) == 2 and len(state.values["messages"]) == 4
