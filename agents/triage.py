@@ -22,6 +22,7 @@ log = logging.getLogger("switchboard.triage")
 _SENTENCE = re.compile(r"(?<=[.?!;])\s+")
 # Conjunctions that may join two independent requests in one sentence.
 _CONJ = re.compile(r",?\s+(?:and also|and then|and|also|plus|as well as)\s+", re.IGNORECASE)
+IMAGE_CLAUSE_MIN = 0.15  # vision+records_check probability for a clause to be "about the image"
 _FOLLOW_UP = re.compile(r"^(?:and|also|what about|how about|and what about)\b|\b(?:them|they|those|it|that|he|she|his|her|their)\b", re.I)
 
 
@@ -94,7 +95,14 @@ class Triage:
         subtasks: list[Subtask] = []
         ledger: list[LedgerEntry] = []
         llm_calls = 0
+        image_clause = self._image_clause(clauses) if has_image else None
         for clause, pred in clauses:
+            if clause == image_clause:
+                vscore = pred.scores.get("vision", 0.0) + pred.scores.get("records_check", 0.0)
+                route = "records_check" if pred.label == "records_check" else "vision"
+                reason = f"an image is attached and this clause is the most about it (vision score {vscore:.3f})"
+                subtasks.extend(self._subtasks_for(route, clause, pred, reason, False, start=len(subtasks)))
+                continue
             route, reason, asked = pred.label, f"classifier {pred.confidence:.3f} >= {self.threshold:.3f}", False
             if pred.confidence < self.threshold:
                 if previous_agents and len(previous_agents) == 1 and looks_like_follow_up(clause):
@@ -117,6 +125,18 @@ class Triage:
         for s in subtasks:
             log.info("route %s -> %s (%s) scores=%s", s.task, s.agent, s.reason, s.scores)
         return decision
+
+    @staticmethod
+    def _image_clause(clauses: list[tuple[str, Prediction]]) -> str | None:
+        """With an image attached, the clause most about it goes to vision even if another
+        route scored higher ("what's the total on this?" reads like a SQL question)."""
+        def vision_score(p: Prediction) -> float:
+            return p.scores.get("vision", 0.0) + p.scores.get("records_check", 0.0)
+
+        if not clauses:
+            return None
+        clause, pred = max(clauses, key=lambda cp: vision_score(cp[1]))
+        return clause if vision_score(pred) >= IMAGE_CLAUSE_MIN else None
 
     def _route_for_agent(self, agent: str) -> str | None:
         for r in self.config.routes.values():

@@ -65,7 +65,7 @@ async def test_image_and_sql_combined_request(cassette_settings):
     assert "InvoiceId = 98" in sql["evidence"]["sql"]
     assert sql["evidence"]["rows"][0][0] == 98 and sql["evidence"]["rows"][0][-1] == 3.98
     assert "Read from the image" in turn.answer and "In our records" in turn.answer
-    # reading the image needed no model call; the classifier was unsure of this wording, so
-    # triage asked the LLM once (and says so)
-    assert [e["agent"] for e in turn.ledger if e["agent"] != "triage"] == ["sql"]
+    # one model call in all: routing (image attached, clause most about it) and reading the
+    # image (OCR, extract only) need none
+    assert [e["agent"] for e in turn.ledger] == ["sql"]
     assert [s["route"] for s in turn.triage["subtasks"]] == ["records_check", "records_check"]
