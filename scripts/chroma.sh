@@ -37,13 +37,19 @@ our_pid() {
     echo "$pid"
 }
 
+# Like scripts/postgres.sh: stdout is only `export` lines, so `eval "$(scripts/chroma.sh)"` works.
+exports() {
+    echo "export SWITCHBOARD_TEST_CHROMA_URL=$URL"
+}
+
 start() {
     if heartbeat; then
         if pid=$(our_pid); then
-            echo "chroma already running at $URL (pid $pid)"
+            echo "# chroma already running at $URL (pid $pid)" >&2
         else
-            echo "a Chroma server already answers at $URL (not started by this script)"
+            echo "# a Chroma server already answers at $URL (not started by this script)" >&2
         fi
+        exports
         return 0
     fi
     if pid=$(our_pid); then
@@ -58,7 +64,8 @@ start() {
     fi
     for ((i = 0; i < WAIT * 4; i++)); do
         if heartbeat; then
-            echo "chroma running at $URL (pid $pid, data $DATA, log $LOG)"
+            echo "# chroma running at $URL (pid $pid, data $DATA, log $LOG)" >&2
+            exports
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then

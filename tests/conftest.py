@@ -61,11 +61,7 @@ def _start_server(script: str) -> dict[str, str]:
     proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / script)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/{script} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    found = dict(re.findall(r"^export (\w+)=(\S+)$", proc.stdout, re.M))
-    m = re.search(r"running at (http://\S+)", proc.stdout + proc.stderr)
-    if m:
-        found["SWITCHBOARD_TEST_CHROMA_URL"] = m.group(1)
-    return found
+    return dict(re.findall(r"^export (\w+)=(\S+)$", proc.stdout, re.M))
 
 
 def pytest_configure(config: pytest.Config) -> None:

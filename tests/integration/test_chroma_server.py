@@ -22,7 +22,7 @@ CHROMA_URL = os.environ.get("SWITCHBOARD_TEST_CHROMA_URL", "")
 pytestmark = [
     pytest.mark.skipif(
         not CHROMA_URL,
-        reason="SWITCHBOARD_TEST_CHROMA_URL is not set; start a server with scripts/chroma.sh and set "
+        reason="SWITCHBOARD_TEST_CHROMA_URL is not set; run `eval \"$(scripts/chroma.sh)\"` (the test session does this itself) or set "
         "SWITCHBOARD_TEST_CHROMA_URL=http://127.0.0.1:58000 to run the Chroma server tests",
     ),
     pytest.mark.enable_socket,  # pytest-socket: this test talks to a server by design
