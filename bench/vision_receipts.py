@@ -32,13 +32,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make `tools` importable
     sys.path.insert(0, str(REPO_ROOT))
 
 from tools.images import MAX_SIDE, ImageRejected, validate_image_file  # noqa: E402
-from tools.ocr import OcrUnavailable, ReceiptFields, extract_receipt_fields, fold, get_engine, read_image  # noqa: E402
+from tools.ocr import (  # noqa: E402
+    OcrUnavailable,
+    ReceiptFields,
+    extract_receipt_fields,
+    fold,
+    get_engine,
+    normalise_date,
+    parse_amount,
+    read_image,
+)
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "vision" / "softmatic_receipts_de"
 FIELDS = ("total", "date", "merchant")
@@ -119,6 +129,58 @@ def run_one(label: Label, max_side: int) -> Outcome:
     return Outcome(label, fields, time.perf_counter() - start)
 
 
+MODEL_PROMPT = (
+    "Read this receipt. Reply with JSON only: "
+    '{"merchant": shop name, "date": "YYYY-MM-DD", "total": amount paid as 12.34}. Use null for what you cannot read.'
+)
+
+
+def ask_model(handle: Any, image_url: str) -> ReceiptFields:
+    """One vision-model call per receipt; the reply is parsed, never trusted blindly."""
+    from langchain_core.messages import HumanMessage
+
+    reply = handle.chat.invoke([HumanMessage(content=[
+        {"type": "text", "text": MODEL_PROMPT},
+        {"type": "image_url", "image_url": {"url": image_url}},
+    ])], max_tokens=120)
+    text = str(reply.content)
+    match = re.search(r"\{.*\}", text, re.S)
+    try:
+        data = json.loads(match.group(0)) if match else {}
+    except json.JSONDecodeError:
+        data = {}
+    total = parse_amount(str(data.get("total"))) if data.get("total") is not None else None
+    date = normalise_date(str(data["date"])) if data.get("date") else None
+    merchant = data.get("merchant") or None
+    unreadable = [k for k, v in (("merchant", merchant), ("date", date), ("total", total)) if v is None]
+    return ReceiptFields(merchant=merchant, date=date, total=total, currency=None, line_items=[], unreadable=unreadable)
+
+
+def run_model(name: str, labels: list[Label], args: argparse.Namespace) -> int:
+    from switchboard.settings import Settings
+    from tools.models import ModelRegistry
+
+    registry = ModelRegistry.from_settings(Settings())
+    spec = registry.specs.get(name)
+    if spec is None or "vision" not in spec.capabilities:
+        print(f"error: {name!r} is not a vision-capable model in {registry.settings.models_file}", file=sys.stderr)
+        return 2
+    handle = registry.handle(name, role="vision")
+    outcomes = []
+    for label in labels:
+        start = time.perf_counter()
+        try:
+            image = validate_image_file(label.image, max_side=args.max_side)
+        except ImageRejected as exc:
+            outcomes.append(Outcome(label, None, time.perf_counter() - start, error=exc.message))
+            continue
+        outcomes.append(Outcome(label, ask_model(handle, image.data_url()), time.perf_counter() - start))
+    if args.verbose:
+        print_rows(outcomes)
+    print_summary(outcomes, 0.0, args.max_side, title=f"Vision model {name} ({spec.model})")
+    return 0
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (no interpolation; honest for 26 samples)."""
     ordered = sorted(values)
@@ -157,10 +219,10 @@ def print_rows(outcomes: list[Outcome]) -> None:
     print("(+ correct, - wrong or unreadable, ~ merchant matches only leniently, — unreadable)\n")
 
 
-def print_summary(outcomes: list[Outcome], load_seconds: float, max_side: int) -> None:
+def print_summary(outcomes: list[Outcome], load_seconds: float, max_side: int, title: str = "") -> None:
     n = len(outcomes)
     secs = [o.seconds for o in outcomes]
-    print(f"Offline receipt pipeline (validate max_side={max_side} -> RapidOCR -> rules), n={n}")
+    print(title or f"Offline receipt pipeline (validate max_side={max_side} -> RapidOCR -> rules)", f"n={n}")
     print(f"{'metric':34} {'value':>10}  {'correct / wrong / unreadable':>28}")
     for field in FIELDS:
         c, w, u = field_counts(outcomes, field)
@@ -185,7 +247,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--model",
         default=None,
-        help="hosted vision model to compare against (not implemented yet: needs the model layer)",
+        help="also run a vision-capable model from the registry (switchboard/config/models.yaml) on the images",
     )
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -195,14 +257,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.model is not None:
-        print(
-            f"error: --model {args.model!r}: hosted vision models are not implemented yet in this "
-            "bench; it measures the offline OCR pipeline only.",
-            file=sys.stderr,
-        )
-        return 2
     labels = load_labels(args.data)[: args.limit]
+    if args.model is not None:
+        return run_model(args.model, labels, args)
     start = time.perf_counter()
     try:
         get_engine()

@@ -167,7 +167,9 @@ class ModelRegistry:
         if spec.provider in ("openai", "openai_compatible"):
             from langchain_openai import ChatOpenAI
 
-            kwargs: dict[str, Any] = {"model": spec.model, "temperature": 0, "max_retries": 2, "timeout": 60}
+            kwargs: dict[str, Any] = {
+                "model": spec.model, "temperature": 0, "max_retries": 2, "timeout": 60, "stream_usage": True,
+            }
             if spec.provider == "openai_compatible":
                 kwargs["base_url"] = spec.base_url
                 kwargs["api_key"] = os.environ.get(spec.requires_env or "", "") or "not-needed"
