@@ -69,3 +69,16 @@ async def test_image_and_sql_combined_request(cassette_settings):
     # image (OCR, extract only) need none
     assert [e["agent"] for e in turn.ledger] == ["sql"]
     assert [s["route"] for s in turn.triage["subtasks"]] == ["records_check", "records_check"]
+
+
+async def test_question_about_an_uploaded_receipt(cassette_settings):
+    """Offline vision: OCR + layout rules read the fields, the local model answers from them."""
+    from pathlib import Path
+
+    image = Path(__file__).parents[1] / "fixtures" / "images" / "chinook_invoice_98.png"
+    turn = await ask(cassette_settings, "What is the total on this receipt?", image=image)
+    assert [s.agent for s in turn.subtasks] == ["vision"]
+    assert "3.98" in turn.answer
+    fields = turn.results[0]["evidence"]["fields"]
+    assert (fields["merchant"], fields["currency"], fields["unreadable"]) == ("Chinook Music Store", "USD", [])
+    assert turn.entities["receipt total"] == "3.98"
