@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,13 +16,30 @@ from tools.recording import MissingRecording
 log = logging.getLogger("switchboard.agents")
 
 
+_NEEDS_CONTEXT = re.compile(
+    r"^\s*(?:and|also|then|so|what about|how about)\b"
+    r"|\b(?:them|they|those|these|it|its|that|this one|he|she|him|his|her|their|same|previous|earlier|above)\b",
+    re.IGNORECASE,
+)
+
+
+def needs_context(task: str) -> bool:
+    """Does this subtask lean on earlier turns ("and how many of them...", "what about 2024?")?
+
+    A standalone question gets no conversation summary: on the local model every prompt token
+    costs time (~58 tokens/s), and unrelated history only distracts a small model.
+    """
+    return bool(_NEEDS_CONTEXT.search(task)) or len(task.split()) <= 3
+
+
 def context_block(handoff: Handoff) -> str:
-    """The shared context as a compact prompt block (empty when there is none)."""
+    """The shared context as a compact prompt block (empty when the subtask needs none)."""
     parts = []
-    if handoff.get("summary"):
-        parts.append(f"Conversation so far:\n{handoff['summary']}")
-    if handoff.get("entities"):
-        parts.append("Known: " + "; ".join(f"{k} = {v}" for k, v in handoff["entities"].items()))
+    if needs_context(handoff["subtask"]["task"]):
+        if handoff.get("summary"):
+            parts.append(f"Conversation so far:\n{handoff['summary']}")
+        if handoff.get("entities"):
+            parts.append("Known: " + "; ".join(f"{k} = {v}" for k, v in handoff["entities"].items()))
     for ev in handoff.get("evidence") or []:
         if ev.get("ok"):
             parts.append(f"Found by the {ev['agent']} agent: {ev['answer']}")

@@ -24,7 +24,8 @@ def compose(subtasks: list[dict[str, Any]], results: list[AgentResult]) -> str:
     tasks = [r["task"] for r in ordered]
     parts = []
     for r in ordered:
-        heading = r["task"].rstrip("?.! ") + "?" if tasks.count(r["task"]) == 1 else _LABELS[r["agent"]]
+        task = r["task"].strip().rstrip("?.! ")
+        heading = task[:1].upper() + task[1:] + "?" if tasks.count(r["task"]) == 1 else _LABELS[r["agent"]]
         parts.append(f"**{heading}**\n{r['answer']}")
     return "\n\n".join(parts)
 
