@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     triage_threshold: float | None = None
     triage_use_llm: bool = True
 
+    # Money: budgets in USD (unset = unlimited), per conversation and per UTC day.
+    budget_conversation_usd: float | None = None
+    budget_day_usd: float | None = None
+    # Identical model requests are answered from a SQLite cache for this long (0 = off).
+    cache_ttl_s: int = 86_400
+    # Provider resilience: client retries (with backoff) per call, request timeout, and the
+    # circuit breaker (consecutive failures before a provider is cooled down, and for how long).
+    model_max_retries: int = 2
+    model_timeout_s: float = 60.0
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 60.0
+
     # Conversation summary is kept under this many characters.
     summary_max_chars: int = 1500
 
@@ -64,6 +76,10 @@ class Settings(BaseSettings):
     @cached_property
     def checkpoint_sqlite_path(self) -> Path:
         return self.data_dir / "checkpoints.sqlite"
+
+    @cached_property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
 
     @cached_property
     def chroma_dir(self) -> Path:

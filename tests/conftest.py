@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,9 @@ for _name in list(os.environ):
 os.environ.pop("OPENAI_API_KEY", None)
 os.environ.pop("ANTHROPIC_API_KEY", None)
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
+# Any Settings() a test builds without a data_dir gets a throwaway one, never the repo's
+# .switchboard (whose ledger cache would otherwise answer a test from an earlier run).
+os.environ["SWITCHBOARD_DATA_DIR"] = tempfile.mkdtemp(prefix="switchboard-tests-")
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from langchain_core.language_models import BaseChatModel
@@ -22,6 +21,9 @@ from pydantic import BaseModel, Field
 
 from switchboard.settings import Settings
 from tools.recording import Cassette, RecordingChatModel
+
+if TYPE_CHECKING:
+    from tools.gateway import ModelGateway
 
 log = logging.getLogger("switchboard.models")
 
@@ -67,6 +69,7 @@ class LedgerEntry:
     cost_usd: float
     latency_ms: int
     replayed: bool = False
+    cached: bool = False
     subtask_id: str = ""
     note: str = ""
 
@@ -80,6 +83,7 @@ class ModelHandle:
 
     spec: ModelSpec
     chat: BaseChatModel
+    registry: ModelRegistry
 
 
 class RegistryError(ValueError):
@@ -107,6 +111,12 @@ class ModelRegistry:
             if unknown:
                 raise RegistryError(f"model {spec.name!r} names unknown fallbacks {unknown}")
         return cls(settings=settings, specs=specs, policies=raw.get("policies") or {})
+
+    @cached_property
+    def gateway(self) -> ModelGateway:
+        from tools.gateway import ModelGateway
+
+        return ModelGateway(self)
 
     @cached_property
     def cassette(self) -> Cassette | None:
@@ -143,7 +153,7 @@ class ModelRegistry:
     def use_chat_model(self, name: str, chat: BaseChatModel, roles: tuple[str, ...] = ()) -> None:
         """Serve ``name`` with a given chat model (fakes in tests and benchmarks)."""
         for role in roles or ("default", "triage", "sql", "rag", "vision", "general"):
-            self._cache[(name, role)] = ModelHandle(spec=self.specs[name], chat=chat)
+            self._cache[(name, role)] = ModelHandle(spec=self.specs[name], chat=chat, registry=self)
 
     def handle(self, name: str, role: str = "default") -> ModelHandle:
         key = (name, role)
@@ -157,7 +167,7 @@ class ModelRegistry:
                     cassette=self.cassette,
                     inner_factory=lambda chat=chat: chat,
                 )
-            self._cache[key] = ModelHandle(spec=spec, chat=chat)
+            self._cache[key] = ModelHandle(spec=spec, chat=chat, registry=self)
         return self._cache[key]
 
     def _build(self, spec: ModelSpec, role: str) -> BaseChatModel:
@@ -168,7 +178,8 @@ class ModelRegistry:
             from langchain_openai import ChatOpenAI
 
             kwargs: dict[str, Any] = {
-                "model": spec.model, "temperature": 0, "max_retries": 2, "timeout": 60, "stream_usage": True,
+                "model": spec.model, "temperature": 0, "max_retries": s.model_max_retries,
+                "timeout": s.model_timeout_s, "stream_usage": True,
             }
             if spec.provider == "openai_compatible":
                 kwargs["base_url"] = spec.base_url
@@ -226,30 +237,8 @@ async def call_model(
     stop: list[str] | None = None,
     subtask_id: str = "",
 ) -> tuple[AIMessage, LedgerEntry]:
-    """Call a model (streaming, so UIs see tokens) and account for it."""
-    started = time.monotonic()
-    full = None
-    async for chunk in handle.chat.astream(messages, stop=stop, max_tokens=max_tokens):
-        full = chunk if full is None else full + chunk
-    latency = round((time.monotonic() - started) * 1000)
-    if full is None:
-        raise RuntimeError(f"model {handle.spec.name} returned nothing")
-    usage = full.usage_metadata or {}
-    t_in, t_out = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
-    msg = AIMessage(content=str(full.content), usage_metadata=full.usage_metadata,
-                    response_metadata=full.response_metadata)
-    entry = LedgerEntry(
-        agent=agent,
-        task=task,
-        model=handle.spec.name,
-        model_version=handle.spec.version,
-        tokens_in=t_in,
-        tokens_out=t_out,
-        cost_usd=round(handle.spec.cost(t_in, t_out), 8),
-        latency_ms=latency,
-        replayed=bool((full.response_metadata or {}).get("replayed")),
-        subtask_id=subtask_id,
+    """Call a model (streaming, so UIs see tokens) through the gateway: cache, budget, fallback,
+    circuit breaker, and a ledger entry with tokens, cost and latency."""
+    return await handle.registry.gateway.call(
+        handle, messages, agent=agent, task=task, max_tokens=max_tokens, stop=stop, subtask_id=subtask_id
     )
-    log.info("model call agent=%s model=%s in=%d out=%d cost=%.6f ms=%d",
-             agent, handle.spec.name, t_in, t_out, entry.cost_usd, latency)
-    return msg, entry

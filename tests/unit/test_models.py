@@ -44,9 +44,9 @@ def test_unknown_fallback_in_registry_file_is_rejected(tmp_path):
         ModelRegistry.from_file(f, Settings())
 
 
-def test_call_model_prices_tokens_from_the_registry(monkeypatch):
+def test_call_model_prices_tokens_from_the_registry(monkeypatch, make_settings):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-000000000000000000000")
-    reg = ModelRegistry.from_settings(Settings())
+    reg = ModelRegistry.from_settings(make_settings())
     reg.use_chat_model("gpt-4o", ScriptedChatModel(respond=lambda m: "one two three"))
     msg, entry = asyncio.run(call_model(reg.handle("gpt-4o"), [HumanMessage("a b")], agent="general", task="t"))
     assert msg.content == "one two three"

@@ -19,8 +19,8 @@ def classifier() -> IntentClassifier:
     return IntentClassifier.from_routes(CONFIG)
 
 
-def make_triage(classifier, reply: str = "rag", threshold: float | None = None):
-    registry = ModelRegistry.from_settings(Settings())
+def make_triage(classifier, reply: str = "rag", threshold: float | None = None, settings: Settings | None = None):
+    registry = ModelRegistry.from_settings(settings or Settings())
     fake = ScriptedChatModel(respond=lambda msgs: reply)
     registry.use_chat_model("local-qwen2.5-coder-1.5b", fake)
     return Triage(CONFIG, classifier, registry, threshold=threshold), fake
@@ -60,9 +60,9 @@ async def test_conjunction_inside_one_request_is_not_split(classifier):
     assert len(decision.subtasks) == 1 and decision.subtasks[0].agent == "sql"
 
 
-async def test_unsure_clause_asks_the_llm_once_and_logs_why(classifier):
+async def test_unsure_clause_asks_the_llm_once_and_logs_why(classifier, make_settings):
     # threshold 0.999 makes every clause "unsure"; the scripted model answers "rag"
-    triage, fake = make_triage(classifier, reply="rag", threshold=0.999)
+    triage, fake = make_triage(classifier, reply="rag", threshold=0.999, settings=make_settings())
     decision = await triage.decide("Tell me about the store", has_image=False)
     assert decision.llm_calls == 1 and len(fake.calls) == 1
     (s,) = decision.subtasks
@@ -71,8 +71,8 @@ async def test_unsure_clause_asks_the_llm_once_and_logs_why(classifier):
     assert len(decision.ledger) == 1 and decision.ledger[0].agent == "triage"
 
 
-async def test_unparseable_llm_label_falls_back_to_general(classifier):
-    triage, _ = make_triage(classifier, reply="I am not sure, sorry", threshold=0.999)
+async def test_unparseable_llm_label_falls_back_to_general(classifier, make_settings):
+    triage, _ = make_triage(classifier, reply="I am not sure, sorry", threshold=0.999, settings=make_settings())
     decision = await triage.decide("Tell me about the store", has_image=False)
     assert decision.subtasks[0].agent == "general"
 

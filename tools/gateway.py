@@ -1,0 +1,299 @@
+"""Every model call passes through here: cache, budget, provider fallback, circuit breaker, ledger.
+
+* **Cache** -- an identical request (model, messages, parameters) within the TTL is answered from
+  SQLite and marked ``cached`` in the ledger (cost 0).
+* **Budgets** -- per conversation and per UTC day, in money. A call that would exceed one is moved
+  from the heavy to the light tier, or refused with a clear message; an alert is logged at 80%.
+* **Fallback** -- a model's ``fallbacks`` (registry file) are tried in order when it times out,
+  is rate limited (429), fails (5xx), answers malformed, or is not reachable. The client's own
+  retries with backoff run first (``max_retries``).
+* **Circuit breaker** -- after N consecutive failures a model is skipped for a cooldown.
+* **Ledger** -- every call (model, version, tokens, cost, latency, cached, fallback notes) is
+  persisted, which is what budgets are computed from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+from tools.recording import message_dicts
+
+if TYPE_CHECKING:
+    from tools.models import LedgerEntry, ModelHandle, ModelRegistry, ModelSpec
+
+log = logging.getLogger("switchboard.gateway")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, day TEXT NOT NULL, thread_id TEXT,
+    subtask_id TEXT, agent TEXT, model TEXT, model_version TEXT, tokens_in INTEGER,
+    tokens_out INTEGER, cost_usd REAL, latency_ms INTEGER, cached INTEGER, note TEXT);
+CREATE INDEX IF NOT EXISTS calls_thread ON calls(thread_id);
+CREATE INDEX IF NOT EXISTS calls_day ON calls(day);
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY, ts REAL NOT NULL, model TEXT, content TEXT,
+    tokens_in INTEGER, tokens_out INTEGER);
+"""
+
+
+class BudgetExceeded(RuntimeError):
+    """A call would take a conversation or the day past its budget."""
+
+
+class AllModelsFailed(RuntimeError):
+    """The model and all its fallbacks failed or are cooling down."""
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """Why a provider call failed, if it is the kind another provider may not have; else None."""
+    import httpx
+    import openai
+
+    if isinstance(exc, openai.RateLimitError):
+        return "rate limited (429)"
+    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection failed"
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code >= 500:
+            return f"server error ({exc.status_code})"
+        if exc.status_code in (401, 403):
+            return f"provider refused credentials ({exc.status_code})"
+        return None
+    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
+        return "malformed response"
+    if isinstance(exc, ValueError) and "No generation chunks" in str(exc):  # langchain-core: a stream
+        return "malformed response"                                          # with no parsable chunk
+    if isinstance(exc, (ConnectionError, OSError)):
+        return "connection failed"
+    return None
+
+
+@dataclass
+class CircuitBreaker:
+    failures_to_open: int
+    cooldown_s: float
+    _state: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (failures, opened_at)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def is_open(self, name: str) -> bool:
+        with self._lock:
+            count, opened = self._state.get(name, (0, 0.0))
+            if count < self.failures_to_open:
+                return False
+            if time.monotonic() - opened >= self.cooldown_s:
+                self._state[name] = (self.failures_to_open - 1, 0.0)  # half-open: one trial call
+                return False
+            return True
+
+    def failure(self, name: str) -> None:
+        with self._lock:
+            count, _ = self._state.get(name, (0, 0.0))
+            self._state[name] = (count + 1, time.monotonic())
+            if count + 1 == self.failures_to_open:
+                log.warning("circuit open for %s: %d consecutive failures; cooling down %.0fs",
+                            name, count + 1, self.cooldown_s)
+
+    def success(self, name: str) -> None:
+        with self._lock:
+            self._state.pop(name, None)
+
+
+class Ledger:
+    """The persistent record of model calls (SQLite) and the response cache."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def record(self, entry: LedgerEntry, thread_id: str | None) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO calls (ts, day, thread_id, subtask_id, agent, model, model_version, tokens_in,"
+                " tokens_out, cost_usd, latency_ms, cached, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (now, _day(now), thread_id, entry.subtask_id, entry.agent, entry.model, entry.model_version,
+                 entry.tokens_in, entry.tokens_out, entry.cost_usd, entry.latency_ms, int(entry.cached), entry.note),
+            )
+
+    def spent(self, *, thread_id: str | None = None, day: str | None = None) -> float:
+        where, args = ("thread_id = ?", (thread_id,)) if thread_id else ("day = ?", (day,))
+        with self._lock:
+            (total,) = self._db.execute(f"SELECT COALESCE(SUM(cost_usd), 0) FROM calls WHERE {where}", args).fetchone()
+        return float(total)
+
+    def cached(self, key: str, ttl_s: int) -> tuple[str, int, int] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT content, tokens_in, tokens_out FROM cache WHERE key = ? AND ts >= ?", (key, time.time() - ttl_s)
+            ).fetchone()
+        return row
+
+    def store(self, key: str, model: str, content: str, t_in: int, t_out: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?,?,?,?)",
+                             (key, time.time(), model, content, t_in, t_out))
+
+
+def _day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def current_thread_id() -> str | None:
+    """The LangGraph thread of the run we are inside, if any (budgets are per conversation)."""
+    from langgraph.config import get_config
+
+    try:
+        return (get_config().get("configurable") or {}).get("thread_id")
+    except RuntimeError:  # not inside a graph run (benchmarks, direct calls)
+        return None
+
+
+def cache_key(spec: ModelSpec, messages: list[BaseMessage], max_tokens: int, stop: list[str] | None) -> str:
+    body = json.dumps([spec.name, spec.version, message_dicts(messages), max_tokens, stop or []],
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def estimate_tokens(messages: list[BaseMessage]) -> int:
+    """~4 characters a token: good enough to decide whether a call fits a budget."""
+    return sum(len(str(m.content)) for m in messages) // 4 + 8
+
+
+class ModelGateway:
+    def __init__(self, registry: ModelRegistry) -> None:
+        s = registry.settings
+        self.registry = registry
+        self.settings = s
+        self.ledger = Ledger(s.ledger_path)
+        self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown_s)
+        self._alerted: set[str] = set()
+
+    # --- budgets ---------------------------------------------------------------------------
+    def _over_budget(self, spec: ModelSpec, est: float, thread_id: str | None) -> str | None:
+        limits = [("conversation", self.settings.budget_conversation_usd,
+                   self.ledger.spent(thread_id=thread_id) if thread_id else 0.0, thread_id or "")]
+        today = _day(time.time())
+        limits.append(("daily", self.settings.budget_day_usd, self.ledger.spent(day=today), today))
+        for label, limit, spent, key in limits:
+            if limit is None:
+                continue
+            if spent >= 0.8 * limit and f"{label}:{key}" not in self._alerted:
+                self._alerted.add(f"{label}:{key}")
+                log.warning("budget alert: %s spending $%.4f is %.0f%% of $%.2f", label, spent, 100 * spent / limit, limit)
+            if est > 0 and spent + est > limit:
+                return f"the {label} budget of ${limit:.2f} would be exceeded (spent ${spent:.4f}, this call ≈ ${est:.4f})"
+        return None
+
+    def _within_budget(self, spec: ModelSpec, messages: list[BaseMessage], max_tokens: int,
+                       thread_id: str | None, notes: list[str]) -> ModelSpec:
+        est = spec.cost(estimate_tokens(messages), max_tokens)
+        problem = self._over_budget(spec, est, thread_id)
+        if problem is None:
+            return spec
+        if spec.tier == "heavy":
+            light = self.registry.pick("light")
+            if light.tier == "light" and self._over_budget(
+                light, light.cost(estimate_tokens(messages), max_tokens), thread_id
+            ) is None:
+                notes.append(f"budget: {spec.name} -> {light.name} ({problem})")
+                log.warning("budget: moving %s to the light tier (%s): %s", spec.name, light.name, problem)
+                return light
+        log.warning("budget: refusing a call to %s: %s", spec.name, problem)
+        raise BudgetExceeded(f"I can't run this request: {problem}.")
+
+    # --- the call --------------------------------------------------------------------------
+    async def call(self, handle: ModelHandle, messages: list[BaseMessage], *, agent: str, task: str,
+                   max_tokens: int, stop: list[str] | None, subtask_id: str) -> tuple[AIMessage, LedgerEntry]:
+        from tools.models import LedgerEntry
+
+        thread_id = current_thread_id()
+        notes: list[str] = []
+        spec = self._within_budget(handle.spec, messages, max_tokens, thread_id, notes)
+        key = cache_key(spec, messages, max_tokens, stop)
+        if self.settings.cache_ttl_s > 0 and (hit := self.ledger.cached(key, self.settings.cache_ttl_s)):
+            content, t_in, t_out = hit
+            entry = LedgerEntry(agent=agent, task=task, model=spec.name, model_version=spec.version,
+                                tokens_in=t_in, tokens_out=t_out, cost_usd=0.0, latency_ms=0,
+                                subtask_id=subtask_id, cached=True, note="; ".join(notes))
+            self.ledger.record(entry, thread_id)
+            return AIMessage(content=content, response_metadata={"cached": True}), entry
+
+        candidates = [spec.name, *spec.fallbacks]
+        errors: list[str] = []
+        for name in candidates:
+            cand = self.registry.specs[name]
+            if not cand.available():
+                continue
+            if self.breaker.is_open(name):
+                errors.append(f"{name}: cooling down after repeated failures")
+                continue
+            started = time.monotonic()
+            try:
+                full = await self._stream(self.registry.handle(name, role=agent), messages, max_tokens, stop)
+            except Exception as exc:  # noqa: BLE001 - classified below; unknown kinds re-raise
+                reason = failure_reason(exc)
+                if reason is None:
+                    raise
+                self.breaker.failure(name)
+                errors.append(f"{name}: {reason}")
+                log.warning("model %s failed (%s); %s", name, reason,
+                            "trying fallback" if name != candidates[-1] else "no fallback left")
+                continue
+            self.breaker.success(name)
+            if errors:
+                notes.append("fallback after " + "; ".join(errors))
+            msg, entry = self._account(cand, full, started, agent, task, subtask_id, notes)
+            self.ledger.record(entry, thread_id)
+            if self.settings.cache_ttl_s > 0 and not entry.note:
+                self.ledger.store(key, cand.name, str(msg.content), entry.tokens_in, entry.tokens_out)
+            return msg, entry
+        raise AllModelsFailed(
+            f"no model could answer ({'; '.join(errors) or 'none available'}); please try again shortly"
+        )
+
+    @staticmethod
+    async def _stream(handle: ModelHandle, messages: list[BaseMessage], max_tokens: int,
+                      stop: list[str] | None) -> Any:
+        full = None
+        async for chunk in handle.chat.astream(messages, stop=stop, max_tokens=max_tokens):
+            full = chunk if full is None else full + chunk
+        if full is None or (not str(full.content) and not full.usage_metadata):
+            raise json.JSONDecodeError("empty model response", "", 0)
+        return full
+
+    @staticmethod
+    def _account(spec: ModelSpec, full: Any, started: float, agent: str, task: str, subtask_id: str,
+                 notes: list[str]) -> tuple[AIMessage, LedgerEntry]:
+        from tools.models import LedgerEntry
+
+        usage = full.usage_metadata or {}
+        t_in, t_out = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+        msg = AIMessage(content=str(full.content), usage_metadata=full.usage_metadata,
+                        response_metadata=full.response_metadata)
+        entry = LedgerEntry(
+            agent=agent, task=task, model=spec.name, model_version=spec.version, tokens_in=t_in,
+            tokens_out=t_out, cost_usd=round(spec.cost(t_in, t_out), 8),
+            latency_ms=round((time.monotonic() - started) * 1000),
+            replayed=bool((full.response_metadata or {}).get("replayed")), subtask_id=subtask_id,
+            note="; ".join(notes),
+        )
+        log.info("model call agent=%s model=%s in=%d out=%d cost=%.6f ms=%d%s", agent, spec.name, t_in, t_out,
+                 entry.cost_usd, entry.latency_ms, f" ({entry.note})" if entry.note else "")
+        return msg, entry
