@@ -1,4 +1,4 @@
-"""The ``switchboard`` command: ask, route, ingest, demo."""
+"""The ``switchboard`` command: ask, route, ingest, demo, serve."""
 
 from __future__ import annotations
 
@@ -118,6 +118,42 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the HTTP API (OpenAI-compatible chat completions) until interrupted."""
+    import uvicorn
+
+    from switchboard.server import MissingAPIKeys, create_app
+
+    try:
+        app = create_app(settings, insecure_no_auth=args.insecure_no_auth)
+    except MissingAPIKeys as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def _train_router(args: argparse.Namespace) -> int:
+    """Train the light/heavy tier router from outcome files and save it (see tools/tier_router.py)."""
+    from tools.tier_router import TierRouterError, train_from_files
+
+    try:
+        router, counts = train_from_files(
+            args.outcomes, weak_model=args.weak_model, strong_model=args.strong_model, C=args.C,
+            drop_contaminated=not args.keep_contaminated,
+        )
+    except TierRouterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = router.save(args.out)
+    m = router.meta
+    print(f"trained on {m['n']} outcomes ({', '.join(f'{k}: {v}' for k, v in counts.items())}); C={router.C:g}; "
+          f"light not enough on {m['heavy_needed_rate']:.1%}; held-out APGR {m['held_out_apgr']:.3f}")
+    print("policy thresholds: " + ", ".join(f"{k}={v:.3f}" for k, v in router.policies.items()))
+    print(f"wrote {path}")
+    return 0
+
+
 def _banner(services: Any) -> str:
     s = services.settings
     models = ", ".join(f"{m.name} ({m.tier})" for m in services.registry.available())
@@ -151,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--remove", action="store_true", help="remove these sources instead")
 
     sub.add_parser("demo", help="answer the demo questions in the terminal")
+
+    serve = sub.add_parser("serve", help="serve the HTTP API (OpenAI-compatible /v1/chat/completions)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="run without API keys (SWITCHBOARD_API_KEYS unset): anyone who can reach the port "
+                            "can use it and read every conversation")
+    trr = sub.add_parser("train-router", help="train the light/heavy tier router from stored outcomes of both tiers")
+    trr.add_argument("outcomes", nargs="+", metavar="OUTCOMES",
+                     help="RouteLLM CSVs (prompt + True/False per model), MT-Bench judgements.jsonl, or JSONL of "
+                          '{"text", "weak_score", "strong_score"}; a folder means its .csv/.jsonl files')
+    trr.add_argument("--out", required=True, help="where to write the router (JSON)")
+    trr.add_argument("--weak-model", default="mistralai/Mixtral-8x7B-Instruct-v0.1", help="light model's column/name")
+    trr.add_argument("--strong-model", default="gpt-4-1106-preview", help="heavy model's column/name")
+    trr.add_argument("--C", type=float, default=None, help="regularisation (default: chosen by held-out APGR)")
+    trr.add_argument("--keep-contaminated", action="store_true", help="do not drop contaminated_prompts.jsonl entries")
     return p
 
 
@@ -170,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             return _ingest(args, settings)
         if args.command == "demo":
             return asyncio.run(_demo(args, settings))
+        if args.command == "serve":
+            return _serve(args, settings)
+        if args.command == "train-router":
+            return _train_router(args)
     except KeyboardInterrupt:
         return 130
     return 2

@@ -1,0 +1,666 @@
+"""The HTTP door: an OpenAI-compatible chat API over the support graph.
+
+    SWITCHBOARD_API_KEYS=key1,key2 switchboard serve --host 127.0.0.1 --port 8000
+
+Any OpenAI client can talk to it (``base_url=http://host:8000/v1``, ``api_key=key1``):
+
+* ``POST /v1/chat/completions`` — the **last user message is the turn**; earlier messages in the
+  request are ignored because the server keeps the conversation itself (checkpointer). The
+  conversation is named by the ``X-Conversation-Id`` header, else the ``user`` field, else a new
+  id; the id is always returned in the ``X-Conversation-Id`` response header (and in the body's
+  ``switchboard`` block). ``model`` selects the routing policy: ``switchboard`` (the server's
+  default), ``cost-saver``, ``balanced`` or ``best-quality``; anything else is a 404
+  ``model_not_found``, so a misconfigured client fails loudly instead of silently getting a
+  different model. Sampling parameters (temperature, max_tokens, tools...) are ignored.
+  One image per turn may be sent as an ``image_url`` part with a ``data:`` URL (never fetched
+  from the web); it goes to the vision specialist, which validates it and explains a bad upload.
+  ``stream: true`` sends ``chat.completion.chunk`` events ending with ``data: [DONE]``: a role
+  chunk at once, keep-alive comments while the specialists work, then the composed answer.
+* ``GET /v1/threads/{id}`` — the conversation: messages, and per turn its routes and costs.
+* ``GET /v1/models`` — the accepted ``model`` names. ``GET /healthz`` — liveness, no key needed.
+
+Every ``/v1`` call needs ``Authorization: Bearer <key>`` with a key from ``SWITCHBOARD_API_KEYS``
+(comma-separated). Keys are service credentials for trusted backends: any valid key may read any
+conversation. Without keys the server refuses to start unless ``--insecure-no-auth`` is given.
+Errors always use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; internal
+errors are logged here and answered with a generic message, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import re
+import shutil
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from switchboard.api import Switchboard, TurnResult, report_subtasks
+from switchboard.settings import Settings
+from tools.images import MAX_BYTES as MAX_IMAGE_BYTES
+
+log = logging.getLogger("switchboard.server")
+
+CONVERSATION_HEADER = "X-Conversation-Id"
+DEFAULT_MODEL = "switchboard"
+POLICIES = ("cost-saver", "balanced", "best-quality")
+# Asked when a user sends only an image: the vision specialist then says what it reads.
+IMAGE_ONLY_QUESTION = "What does this image show?"
+KEEPALIVE_SECONDS = 10.0
+TURN_FAILED = "The turn failed on the server. Try again; if it persists, the details are in the server log."
+_CONVERSATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[^;,]*)*;base64,(?P<data>.*)", re.S)
+_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif",
+               "image/bmp": ".bmp", "image/tiff": ".tiff"}
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+
+
+class ServerSettings(BaseSettings):
+    """The HTTP server's own settings, from ``SWITCHBOARD_*`` variables or ``.env`` like ``Settings``.
+
+    Kept apart from ``Settings`` because only this door needs them. Limits are bytes of the raw
+    request body: text-only requests are small, so a large one is an error; a request carrying
+    an image may be larger, enough for a ``MAX_IMAGE_BYTES`` image in base64 plus the text.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", env_file=".env", extra="ignore", frozen=True)
+
+    api_keys: SecretStr | None = None  # comma-separated
+    max_request_bytes: int = 1024 * 1024
+    max_image_request_bytes: int = 14 * 1024 * 1024
+    max_image_bytes: int = MAX_IMAGE_BYTES
+
+    def key_list(self) -> list[str]:
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+class MissingAPIKeys(RuntimeError):
+    """The server was asked to start without API keys and without ``--insecure-no-auth``."""
+
+
+class APIError(Exception):
+    """An error answered to the client as is, in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.code, self.param, self.headers = code, param, headers
+
+
+def error_response(status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
+                   param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# the request body (only what the server uses; unknown fields are ignored like OpenAI's SDKs do)
+# ---------------------------------------------------------------------------------------------
+
+
+class ImageURL(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str = DEFAULT_MODEL
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    """What the graph gets from a request: the question and at most one decoded image."""
+
+    text: str
+    image: bytes | None = None
+    image_mime: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# authentication
+# ---------------------------------------------------------------------------------------------
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8")).digest()
+
+
+def key_matches(candidate: str, key_digests: Sequence[bytes]) -> bool:
+    """Constant-time check against every key: hashing first makes all comparisons equal-length,
+    and no early exit means the time taken does not reveal which key (if any) matched."""
+    probe = _digest(candidate)
+    matched = False
+    for digest in key_digests:
+        matched |= hmac.compare_digest(probe, digest)
+    return matched
+
+
+def make_auth_dependency(keys: Sequence[str] | None):
+    """A FastAPI dependency that admits ``Authorization: Bearer <key>`` (``None``: no auth)."""
+    digests = [_digest(k) for k in keys] if keys is not None else None
+
+    async def require_api_key(request: Request) -> None:
+        if digests is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip() or not key_matches(token.strip(), digests):
+            raise APIError(
+                401,
+                "Missing or invalid API key. Send one of the keys in SWITCHBOARD_API_KEYS as "
+                "'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return require_api_key
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and interpreting a chat-completions request
+# ---------------------------------------------------------------------------------------------
+
+
+def _too_large(limit: int, what: str) -> APIError:
+    return APIError(413, f"{what} is larger than the limit of {limit} bytes.", code="request_too_large")
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes: a declared or actual larger body is refused before it is
+    buffered, so a client cannot make the server hold more than the limit in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, "The request body")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit, "The request body")
+    return bytes(body)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """``messages.0.content`` from a pydantic location, without its union-branch labels."""
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and (p == "str" or "[" in p)))
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    """A short message naming the offending fields (never echoing their values)."""
+    problems: dict[str, str] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        problems.setdefault(_field_path(error["loc"]) or "body", error["msg"])
+    listed = [f"{where}: {msg}" for where, msg in list(problems.items())[:3]]
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "Invalid request body: " + "; ".join(listed) + more, next(iter(problems), None)
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise APIError(400, "The request body is not UTF-8 JSON.", code="invalid_json") from exc
+    except json.JSONDecodeError as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
+                       code="invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_request_body")
+    try:
+        return ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        message, param = _validation_message(exc)
+        raise APIError(400, message, code="invalid_request_body", param=param) from exc
+
+
+def policy_for(model: str, default: str) -> str:
+    """``switchboard`` means the server's default routing policy; a policy name selects it."""
+    name = model.strip()
+    if name == DEFAULT_MODEL:
+        return default
+    if name in POLICIES:
+        return name
+    raise APIError(
+        404,
+        f"Unknown model {model!r}. Use {DEFAULT_MODEL!r} (the server's routing policy, {default}) "
+        f"or a routing policy: {', '.join(POLICIES)}.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def valid_conversation_id(value: str, param: str) -> str:
+    """Conversation ids become checkpoint keys and response headers: keep them plain."""
+    if not _CONVERSATION_ID.fullmatch(value):
+        raise APIError(400, f"{param} must be 1-128 characters: letters, digits and . _ : @ - "
+                       "(starting with a letter or digit).", code="invalid_conversation_id", param=param)
+    return value
+
+
+def conversation_id(header: str | None, user: str | None) -> str:
+    """The thread a request continues: the header, else the ``user`` field, else a new one."""
+    if header:
+        return valid_conversation_id(header, CONVERSATION_HEADER)
+    if user:
+        return valid_conversation_id(user, "user")
+    return f"conv-{uuid.uuid4().hex}"
+
+
+def decode_image(url: str, max_bytes: int) -> tuple[bytes, str | None]:
+    """Decode a ``data:`` URL. Remote URLs are refused: the server never fetches on a client's behalf."""
+    match = _DATA_URL.fullmatch(url.strip())
+    if not match:
+        raise APIError(400, "image_url must be a base64 data: URL (data:image/png;base64,...); "
+                       "the server does not fetch images from the web.", code="invalid_image_url",
+                       param="messages.content.image_url")
+    data = match["data"]
+    if len(data) * 3 // 4 > max_bytes + 3:
+        raise _too_large(max_bytes, "The image")
+    try:
+        raw = base64.b64decode(re.sub(r"\s+", "", data), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(400, "image_url is not valid base64.", code="invalid_image_url",
+                       param="messages.content.image_url") from exc
+    if len(raw) > max_bytes:
+        raise _too_large(max_bytes, "The image")
+    return raw, match["mime"]
+
+
+def user_turn(messages: Sequence[ChatMessage], max_image_bytes: int) -> UserTurn:
+    """The last user message as a turn: its text parts joined, and its image if any."""
+    last = next((m for m in reversed(messages) if m.role == "user"), None)
+    if last is None:
+        raise APIError(400, "messages must contain a user message: the last one is the turn.",
+                       code="invalid_request_body", param="messages")
+    if isinstance(last.content, str) or last.content is None:
+        texts, images = [last.content or ""], []
+    else:
+        texts = [p.text for p in last.content if isinstance(p, TextPart)]
+        images = [p for p in last.content if isinstance(p, ImagePart)]
+    if len(images) > 1:
+        raise APIError(400, "Send at most one image per turn.", code="too_many_images", param="messages")
+    text = "\n".join(t for t in texts if t.strip()).strip()
+    if not images:
+        if not text:
+            raise APIError(400, "The last user message has no text.", code="invalid_request_body", param="messages")
+        return UserTurn(text)
+    raw, mime = decode_image(images[0].image_url.url, max_image_bytes)
+    return UserTurn(text or IMAGE_ONLY_QUESTION, raw, mime)
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """A checked chat-completions request: everything needed to run and answer the turn."""
+
+    turn: UserTurn
+    conversation: str
+    policy: str
+    model: str
+    stream: bool
+    include_usage: bool
+    completion_id: str
+
+
+async def read_turn_request(request: Request, server: ServerSettings, default_policy: str) -> TurnRequest:
+    """Read, parse and check a request; every problem is an :class:`APIError` naming it."""
+    body = await read_limited_body(request, max(server.max_request_bytes, server.max_image_request_bytes))
+    req = parse_chat_request(body)
+    turn = user_turn(req.messages, server.max_image_bytes)
+    if turn.image is None and len(body) > server.max_request_bytes:
+        raise _too_large(server.max_request_bytes, "A request without an image")
+    return TurnRequest(
+        turn=turn,
+        conversation=conversation_id(request.headers.get(CONVERSATION_HEADER), req.user),
+        policy=policy_for(req.model, default_policy),
+        model=req.model,
+        stream=req.stream,
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        completion_id=f"chatcmpl-{uuid.uuid4().hex}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# running a turn
+# ---------------------------------------------------------------------------------------------
+
+
+class ConversationLocks:
+    """One lock per conversation: two requests for the same thread run one after the other,
+    so neither reads a checkpoint the other is about to replace. Locks vanish when unused."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def get(self, conversation: str) -> asyncio.Lock:
+        lock = self._locks.get(conversation)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[conversation] = lock
+        return lock
+
+
+def _save_upload(uploads: Path, data: bytes, mime: str | None) -> Path:
+    """Write an upload under a fresh random folder; the client's bytes never choose the name."""
+    folder = uploads / uuid.uuid4().hex
+    folder.mkdir(parents=True, mode=0o700)
+    path = folder / f"image{_EXTENSIONS.get(mime or '', '')}"
+    path.write_bytes(data)
+    return path
+
+
+async def run_turn(board: Switchboard, locks: ConversationLocks, turn: UserTurn, conversation: str,
+                   policy: str) -> TurnResult:
+    """Answer one turn. The upload lives only while the turn runs (it may be a private receipt)."""
+    async with locks.get(conversation):
+        upload = None
+        if turn.image is not None:
+            uploads = board.services.settings.data_dir / "uploads"
+            upload = await asyncio.to_thread(_save_upload, uploads, turn.image, turn.image_mime)
+        try:
+            return await board.ask(turn.text, thread_id=conversation, image=upload, policy=policy)
+        finally:
+            if upload is not None:
+                await asyncio.to_thread(shutil.rmtree, upload.parent, True)
+
+
+def route_views(subtasks: list[dict[str, Any]], ledger: list[dict[str, Any]],
+                results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where each part of a turn went and what it cost."""
+    routes = {s["id"]: s.get("route") for s in subtasks}
+    return [
+        {"agent": r.agent, "route": routes.get(r.id), "task": r.task, "model": r.model, "ok": r.ok,
+         "tokens_in": r.tokens_in, "tokens_out": r.tokens_out, "cost_usd": r.cost_usd, "latency_ms": r.latency_ms}
+        for r in report_subtasks({"subtasks": subtasks, "ledger": ledger, "results": results})
+    ]
+
+
+def usage(ledger: list[dict[str, Any]]) -> dict[str, int]:
+    prompt = sum(e.get("tokens_in", 0) for e in ledger)
+    completion = sum(e.get("tokens_out", 0) for e in ledger)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def switchboard_block(result: TurnResult) -> dict[str, Any]:
+    """The non-OpenAI extras of a reply: conversation id, routes and cost (clients may ignore it)."""
+    return {
+        "conversation_id": result.thread_id,
+        "routes": route_views(result.triage.get("subtasks") or [], result.ledger, result.results),
+        "cost_usd": result.cost_usd,
+        "llm_calls": len(result.ledger),
+        "latency_ms": result.latency_ms,
+    }
+
+
+def completion_body(result: TurnResult, completion_id: str, model: str) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": usage(result.ledger),
+        "switchboard": switchboard_block(result),
+    }
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+async def stream_turn(task: asyncio.Task[TurnResult], completion_id: str, model: str,
+                      include_usage: bool) -> AsyncIterator[str]:
+    """SSE for one turn. The answer is composed from the specialists' parts only once they are
+    all done, so the role chunk goes out at once and comments keep the connection alive until then."""
+    yield _sse(_chunk(completion_id, model, {"role": "assistant", "content": ""}))
+    while not task.done():
+        await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
+        if not task.done():
+            yield ": keep-alive\n\n"
+    if task.cancelled() or task.exception() is not None:  # logged by _log_failure
+        yield _sse({"error": {"message": TURN_FAILED, "type": "server_error", "param": None, "code": "internal_error"}})
+        yield "data: [DONE]\n\n"
+        return
+    result = task.result()
+    for piece in re.findall(r"\S+\s*|\s+", result.answer):
+        yield _sse(_chunk(completion_id, model, {"content": piece}))
+    final = _chunk(completion_id, model, {}, "stop")
+    final["switchboard"] = switchboard_block(result)
+    yield _sse(final)
+    if include_usage:
+        yield _sse({**_chunk(completion_id, model, {}), "choices": [], "usage": usage(result.ledger)})
+    yield "data: [DONE]\n\n"
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """Log a streamed turn that failed; this runs even when the client has already gone."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("streamed turn failed", exc_info=exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# conversation history
+# ---------------------------------------------------------------------------------------------
+
+
+def _message_view(message: Any) -> dict[str, Any]:
+    return {"role": _ROLES.get(getattr(message, "type", ""), getattr(message, "type", "unknown")),
+            "content": message.content}
+
+
+def _turn_view(values: dict[str, Any], created_at: str | None) -> dict[str, Any]:
+    ledger = values.get("ledger") or []
+    return {
+        "question": values.get("question", ""),
+        "answer": values.get("answer", ""),
+        "created_at": created_at,
+        "routes": route_views(values.get("subtasks") or [], ledger, values.get("results") or []),
+        "cost_usd": round(sum(e.get("cost_usd", 0.0) for e in ledger), 8),
+        "llm_calls": len(ledger),
+    }
+
+
+async def thread_history(graph: Any, conversation: str, limit: int) -> dict[str, Any] | None:
+    """A conversation from its checkpoints. Each finished turn ends in a checkpoint with nothing
+    left to run; that checkpoint still holds the turn's subtasks and ledger, so every turn's routes
+    and costs are available without keeping a growing per-turn ledger in the state."""
+    config = {"configurable": {"thread_id": conversation}}
+    current = await graph.aget_state(config)
+    if not current.values:
+        return None
+    turns: list[dict[str, Any]] = []
+    has_more = False
+    async for snapshot in graph.aget_state_history(config):
+        if snapshot.next or "answer" not in snapshot.values:
+            continue  # mid-turn checkpoint, or a turn that did not finish
+        if len(turns) == limit:
+            has_more = True
+            break
+        turns.append(_turn_view(snapshot.values, snapshot.created_at))
+    turns.reverse()
+    return {
+        "object": "thread",
+        "id": conversation,
+        "messages": [_message_view(m) for m in current.values.get("messages") or []],
+        "summary": current.values.get("summary", ""),
+        "turns": turns,
+        "has_more": has_more,
+        "cost_usd": round(sum(t["cost_usd"] for t in turns), 8),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the application
+# ---------------------------------------------------------------------------------------------
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in OpenAI's shape; unexpected ones without any internals."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param,
+                              headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return error_response(422, f"Invalid request: {where}: {first['msg']}", code="invalid_request", param=where)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "Internal server error. The details are in the server log.",
+                              type="server_error", code="internal_error")
+
+
+def resolve_api_keys(api_keys: Sequence[str] | None, server: ServerSettings, insecure_no_auth: bool) -> list[str] | None:
+    """The keys to require, or ``None`` for no authentication (only when explicitly asked)."""
+    keys = [k for k in (api_keys if api_keys is not None else server.key_list()) if k]
+    if keys:
+        return keys
+    if insecure_no_auth:
+        log.warning("the HTTP API is running WITHOUT authentication (--insecure-no-auth): "
+                    "anyone who can reach it can use it and read every conversation")
+        return None
+    raise MissingAPIKeys(
+        "SWITCHBOARD_API_KEYS is not set, so the HTTP API will not start: set it to one or more "
+        "comma-separated keys (clients send 'Authorization: Bearer <key>'), or pass --insecure-no-auth "
+        "to run without authentication on a trusted machine."
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    switchboard: Switchboard | None = None,
+    *,
+    api_keys: Sequence[str] | None = None,
+    insecure_no_auth: bool = False,
+    server_settings: ServerSettings | None = None,
+) -> FastAPI:
+    """Build the HTTP app. Pass ``switchboard`` to serve an already open one (tests inject scripted
+    services this way; the caller then owns its lifetime); otherwise the app opens its own from
+    ``settings`` for as long as it runs. ``api_keys`` defaults to ``SWITCHBOARD_API_KEYS``."""
+    settings = settings or (switchboard.services.settings if switchboard else Settings())
+    server = server_settings or ServerSettings()
+    keys = resolve_api_keys(api_keys, server, insecure_no_auth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if switchboard is not None:
+            app.state.board = switchboard
+            yield
+            return
+        async with Switchboard.open(settings) as board:
+            app.state.board = board
+            yield
+
+    app = FastAPI(title="Switchboard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.locks = ConversationLocks()
+    app.state.background = set()
+    _install_error_handlers(app)
+    authed = [Depends(make_auth_dependency(keys))]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models", dependencies=authed)
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "switchboard"}
+                                           for name in (DEFAULT_MODEL, *POLICIES)]}
+
+    @app.post("/v1/chat/completions", dependencies=authed, response_model=None)
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        turn = await read_turn_request(request, server, settings.routing_policy)
+        board: Switchboard = request.app.state.board
+        locks: ConversationLocks = request.app.state.locks
+        headers = {CONVERSATION_HEADER: turn.conversation}
+        log.info("turn %s conversation=%s policy=%s image=%s stream=%s", turn.completion_id, turn.conversation,
+                 turn.policy, turn.turn.image is not None, turn.stream)
+        if not turn.stream:
+            try:
+                result = await run_turn(board, locks, turn.turn, turn.conversation, turn.policy)
+            except Exception as exc:  # answered here, not by the last-resort handler: the connection stays usable
+                log.exception("turn %s failed", turn.completion_id)
+                raise APIError(500, TURN_FAILED, type="server_error", code="internal_error") from exc
+            return JSONResponse(completion_body(result, turn.completion_id, turn.model), headers=headers)
+        # the turn runs as its own task: a client that disconnects mid-stream does not cut a turn
+        # (and its checkpoint) in half
+        task = asyncio.create_task(run_turn(board, locks, turn.turn, turn.conversation, turn.policy))
+        request.app.state.background.add(task)
+        task.add_done_callback(request.app.state.background.discard)
+        task.add_done_callback(_log_failure)
+        return StreamingResponse(stream_turn(task, turn.completion_id, turn.model, turn.include_usage),
+                                 media_type="text/event-stream",
+                                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/threads/{thread_id}", dependencies=authed)
+    async def get_thread(thread_id: str, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+        conversation = valid_conversation_id(thread_id, "thread_id")
+        history = await thread_history(app.state.board.graph, conversation, limit)
+        if history is None:
+            raise APIError(404, f"No conversation with id {conversation!r}.", code="thread_not_found")
+        return history
+
+    return app
