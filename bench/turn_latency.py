@@ -1,8 +1,9 @@
 """Per-turn latency of the demo questions on the configured models (default: the local model).
 
-Runs each demo question on a fresh thread twice -- cold (first call of each agent: the model is
-loaded and its prompt prefix read) and warm (prefix cached) -- and prints, per turn: wall time,
-LLM calls, prompt and output tokens, and the split between orchestration and model time.
+Runs each demo question on a fresh thread: cold (first call of each agent: the model is loaded
+and its prompt prefix read), then warm (the llama.cpp KV cache holds each agent's fixed prefix;
+response cache off), then once more with the response cache on (an identical request is
+answered from it). Prints, per turn: wall time, LLM calls, prompt and output tokens, model time.
 
     uv run python bench/turn_latency.py [--repeat 2]
 """
@@ -30,7 +31,7 @@ QUESTIONS = [
 async def main(repeat: int) -> None:
     data = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     started = time.monotonic()
-    async with Switchboard.open(Settings(data_dir=data)) as sb:
+    async with Switchboard.open(Settings(data_dir=data, cache_ttl_s=0)) as sb:
         _ = sb.services.kb  # demo ingest is setup, not turn latency
         _ = sb.services.triage
         print(f"setup (classifier, knowledge base): {time.monotonic() - started:.1f} s")
@@ -49,6 +50,13 @@ async def main(repeat: int) -> None:
         if repeat > 1:
             warm = [w for ws in walls.values() for w in ws[1:]]
             print(f"\nwarm turns: median {statistics.median(warm):.1f} s, max {max(warm):.1f} s")
+    async with Switchboard.open(Settings(data_dir=data)) as sb:
+        for q in QUESTIONS:  # first fills the response cache, second is served from it
+            await sb.ask(q, thread_id="fill")
+            turn = await sb.ask(q, thread_id="cached")
+            print(f"{'cache':<5} {q[:72]:<72} {turn.latency_ms / 1000:>7.1f} "
+                  f"{sum(not e['cached'] for e in turn.ledger):>5} model calls, "
+                  f"{sum(e['cached'] for e in turn.ledger)} cached")
 
 
 if __name__ == "__main__":
