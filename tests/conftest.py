@@ -69,13 +69,18 @@ def _start_server(script: str) -> dict[str, str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Start the real servers the integration tests need (PostgreSQL, Chroma) with the project's
-    own scripts. In CI a server that cannot start fails the run; elsewhere its tests skip.
-    Set SWITCHBOARD_TEST_SERVERS=0 to skip starting them."""
+    """Install and start what the integration and browser tests need (PostgreSQL, Chroma,
+    Chromium) with the project's own scripts. In CI a failure fails the run; elsewhere those
+    tests skip. Set SWITCHBOARD_TEST_SERVERS=0 to do none of it."""
     if os.environ.get("SWITCHBOARD_TEST_SERVERS", "1") == "0":
         return
-    for script, var in (("postgres.sh", "SWITCHBOARD_TEST_PG_URL"), ("chroma.sh", "SWITCHBOARD_TEST_CHROMA_URL")):
-        if os.environ.get(var):
+    needed = [
+        ("postgres.sh", bool(os.environ.get("SWITCHBOARD_TEST_PG_URL"))),
+        ("chroma.sh", bool(os.environ.get("SWITCHBOARD_TEST_CHROMA_URL"))),
+        ("browser.sh", Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")).exists()),
+    ]
+    for script, ready in needed:
+        if ready:
             continue
         try:
             os.environ.update(_start_server(script))

@@ -1,0 +1,120 @@
+"""The chat UI end to end: real server, real browser, replayed model calls (cassettes/chat.yaml)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.chat import FOOTER, ask, open_chat, open_step, step
+from tests.e2e.conftest import shot
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(start_server):
+    return start_server("chat")
+
+
+@pytest.fixture(scope="module")
+def receipt_png(tmp_path_factory) -> Path:
+    """A small receipt with a few lines of text (Pillow, DejaVu; the same bytes every run)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 30)
+    img = Image.new("RGB", (640, 330), "white")
+    d = ImageDraw.Draw(img)
+    for i, line in enumerate(["Chinook Music Store", "Invoice 98", "2022-03-11", "Total 3.98 USD"]):
+        d.text((40, 36 + i * 68), line, font=font, fill="black")
+    path = tmp_path_factory.mktemp("upload") / "receipt.png"
+    img.save(path)
+    return path
+
+
+def test_banner_shows_models_data_and_the_routing_policy_setting(server, new_page):
+    page = new_page(server)
+    open_chat(page, server.url)
+    banner = page.locator('[data-step-type="assistant_message"]').first
+    expect(banner).to_contain_text("local-qwen2.5-coder-1.5b")
+    expect(banner).to_contain_text("chinook.sqlite")
+    expect(banner).to_contain_text("Routing policy: balanced")
+    page.locator("#chat-settings-open-modal").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Routing policy")
+    expect(dialog).to_contain_text("Balanced")
+    shot(page, "01-banner-and-settings")
+
+
+def test_sql_question_shows_triage_sql_evidence_and_the_cost_footer(server, new_page):
+    page = new_page(server, height=1900)
+    open_chat(page, server.url)
+    reply = ask(page, "How many customers are from Brazil?")
+    expect(reply).to_contain_text("5 customers from Brazil")
+    expect(reply).to_contain_text(re.compile(r"💲0\.00000 · \d+\.\d s · 1 LLM call\b"))
+
+    triage = open_step(page, "Triage")
+    expect(triage).to_contain_text("classifier")
+    expect(triage).to_contain_text("routing used 0 LLM calls")
+    sql = open_step(page, "SQL agent")
+    expect(sql).to_contain_text("local-qwen2.5-coder-1.5b")
+    expect(sql).to_contain_text(re.compile(r"\d+ in / \d+ out tokens · \$0\.00000"))
+    expect(sql.locator("code").filter(has_text="Brazil").first).to_contain_text("SELECT")
+    expect(sql.locator("table")).to_contain_text("5")
+    shot(page, "02-sql-question")
+
+
+def test_refund_policy_is_answered_with_a_citation(server, new_page):
+    page = new_page(server, height=1500)
+    open_chat(page, server.url)
+    reply = ask(page, "What's your refund policy?")
+    expect(reply).to_contain_text("14 days")
+    expect(reply).to_contain_text("Refund policy")
+    expect(reply).to_contain_text(FOOTER)
+    kb = open_step(page, "Knowledge base")
+    expect(kb).to_contain_text("Citations")
+    expect(kb.get_by_role("link", name="Refund policy").first).to_be_visible()
+    expect(kb).to_contain_text("Retrieved passages")
+    shot(page, "03-refund-policy")
+
+
+def test_two_part_question_gets_two_specialists_and_one_reply(server, new_page):
+    page = new_page(server, height=1100)
+    open_chat(page, server.url)
+    reply = ask(page, "How many customers are from Germany, and what are your support hours?")
+    expect(reply).to_contain_text("4 customers from Germany")
+    expect(reply).to_contain_text(re.compile(r"09:00.{1,3}18:00"))
+    expect(reply).to_contain_text(re.compile(r"· 2 LLM calls"))
+    expect(step(page, "SQL agent")).to_be_visible()
+    expect(step(page, "Knowledge base")).to_be_visible()
+    triage = open_step(page, "Triage")
+    expect(triage).to_contain_text("Split into 2 parts")
+    shot(page, "04-two-part-question")
+
+
+def test_image_upload_is_read_and_answered(server, new_page, receipt_png):
+    page = new_page(server, height=1700)
+    open_chat(page, server.url)
+    reply = ask(page, "What is the total on this receipt?", image=receipt_png)
+    expect(reply).to_contain_text("3.98")
+    expect(reply).to_contain_text(FOOTER)
+    vision = open_step(page, "Vision")
+    expect(vision).to_contain_text("receipt.png")
+    expect(vision).to_contain_text("Read from the image")
+    expect(vision).to_contain_text("2022-03-11")  # the date field, read by OCR
+    expect(vision.locator("code").filter(has_text="3.98").first).to_be_visible()  # the OCR text
+    vision.scroll_into_view_if_needed()
+    shot(page, "05-image-upload")
+
+
+def test_a_file_that_is_not_an_image_gets_a_clear_message(server, new_page, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"definitely not the rest of a png")
+    page = new_page(server)
+    open_chat(page, server.url)
+    reply = ask(page, "What is the total on this receipt?", image=bad)
+    expect(reply).to_contain_text("broken.png")
+    expect(reply).to_contain_text(re.compile(r"corrupt|not an image|cannot"))
+    shot(page, "06-bad-upload")
