@@ -35,6 +35,8 @@ questions had top scores 0.36-0.76 (median 0.59); 10 off-topic questions 0.06-0.
 about the store's *data* ("which artist has the most albums?") score 0.39-0.43: routing them
 to SQL is triage's job; no threshold separates them from genuine help-center questions.
 """
+PER_SOURCE_DEPTH = 4
+"""``search(per_source=True)`` reads ``k`` times this many chunks to find ``k`` distinct documents."""
 DEFAULT_COLLECTION = "helpcenter"
 _GET_PAGE = 1000
 
@@ -268,20 +270,28 @@ class KnowledgeStore:
             self.collection.delete(ids=ids)
         return len(ids)
 
-    def search(self, query: str, k: int = 5, where: dict[str, Any] | None = None) -> list[Hit]:
+    def search(
+        self, query: str, k: int = 5, where: dict[str, Any] | None = None, *, per_source: bool = False
+    ) -> list[Hit]:
         """The ``k`` chunks most similar to ``query`` (optionally filtered by metadata).
 
         Scores are cosine similarities in [-1, 1]; MiniLM puts unrelated text below ~0.2.
+        ``per_source=True`` keeps only the best chunk of each document, so ``k`` hits are ``k``
+        different documents (fewer if the ``k * PER_SOURCE_DEPTH`` nearest chunks hold fewer).
         """
         if not query.strip() or k <= 0:
             return []
         total = self.count()
         if total == 0:
             return []
+        hits = self._query(query, min(k * PER_SOURCE_DEPTH if per_source else k, total), where)
+        return best_per_source(hits, k) if per_source else hits
+
+    def _query(self, query: str, n: int, where: dict[str, Any] | None) -> list[Hit]:
         vector = self.embedder.embed([query])[0]
         result = self.collection.query(
             query_embeddings=[vector],
-            n_results=min(k, total),
+            n_results=n,
             where=where,
             include=["documents", "metadatas", "distances"],
         )
@@ -306,6 +316,19 @@ class KnowledgeStore:
             return int(self.collection._client.get_max_batch_size())  # noqa: SLF001
         except (AttributeError, TypeError, ValueError):
             return 100
+
+
+def best_per_source(hits: Sequence[Hit], k: int) -> list[Hit]:
+    """The first ``k`` hits of distinct sources, in rank order (a source ranks at its best chunk)."""
+    out: list[Hit] = []
+    seen: set[str] = set()
+    for hit in hits:
+        if hit.source not in seen:
+            seen.add(hit.source)
+            out.append(hit)
+            if len(out) == k:
+                break
+    return out
 
 
 _WS = re.compile(r"\s+")
