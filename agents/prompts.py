@@ -8,22 +8,50 @@ Reply with the team name only."""
 
 TRIAGE_USER = "Request: {clause}{image_note}"
 
-SQL_SYSTEM = """You write one SQLite SELECT query that answers a question about the Chinook music store database.
+SQL_SYSTEM = """You write one {dialect} SELECT query that answers a question about {subject}.
 {schema}
 Rules: one read-only SELECT; only the tables and columns above; no comments; add LIMIT 20 to lists.
-Dates are stored as 'YYYY-MM-DD HH:MM:SS': compare with date(col) or strftime. Look records up by id when one is given (invoice number = InvoiceId).
-Reply in exactly two lines:
+{notes}Reply in exactly two lines:
 SQL: <the query on one line>
 ANSWER: <one short sentence answering the question, with {{result}} where the query result goes>
 Example:
-Question: How many albums are there?
+{example}"""
+
+# What SQL_SYSTEM says about the demo database (chosen when the schema is Chinook's). The
+# SQLite variant is the prompt the recorded transcripts were made with: keep it byte-identical.
+SQL_CHINOOK_SUBJECT = "the Chinook music store database"
+SQL_CHINOOK_NOTES = {
+    "sqlite": "Dates are stored as 'YYYY-MM-DD HH:MM:SS': compare with date(col) or strftime. "
+    "Look records up by id when one is given (invoice number = InvoiceId).\n",
+    "postgres": "Dates are TIMESTAMP values: compare with date(col) or EXTRACT(YEAR FROM col), not strftime. "
+    "Look records up by id when one is given (invoice number = InvoiceId).\n",
+}
+SQL_CHINOOK_EXAMPLE = """Question: How many albums are there?
 SQL: SELECT COUNT(*) FROM Album
-ANSWER: There are {{result}} albums."""
+ANSWER: There are {result} albums."""
+
+# Any other database: named after its file or database name, with an example on its own table.
+SQL_GENERIC_SUBJECT = "the {name} database"
+SQL_GENERIC_EXAMPLE = """Question: How many rows does the {table} table have?
+SQL: SELECT COUNT(*) FROM {table}
+ANSWER: The {table} table has {{result}} rows."""
+
+# Said once per prompt for dialects whose habits differ from SQLite's (none for SQLite itself).
+SQL_DIALECT_NOTES = {
+    "sqlite": "",
+    "postgres": "PostgreSQL: = and LIKE compare text case-sensitively (ILIKE does not); "
+    "text values take single quotes.\n",
+}
 
 SQL_USER = """{context}Question: {question}"""
 
 SQL_RETRY = """That query failed: {error}
 Write a corrected query in the same two-line format."""
+
+SQL_RETRY_READ_ONLY = """That query failed: {error}
+The database is read-only: no query can change, add or delete data.
+If the question asks for a change, reply with SQL: NONE and an ANSWER saying you can only look data up.
+Otherwise write a corrected SELECT query in the same two-line format."""
 
 RAG_SYSTEM = """You answer a customer's question for Chinook, a digital music store, using only the help-center passages given.
 Cite each statement with the passage number in brackets, like [1].

@@ -2,42 +2,73 @@
 
 One model call writes both the query and an answer sentence with a ``{result}`` slot, so a
 count question costs one call, not two. The query is checked (sqlglot: a single SELECT, known
-tables and columns) before it runs; a refusal or a database error goes back to the model for a
-bounded number of retries.
+tables and columns) before it runs; a database error or a malformed query goes back to the model
+for a bounded number of retries. A query that would *change* data is refused, and the user is
+told plainly that the database can only be read.
+
+The prompt names the SQL dialect, describes the database (:class:`PromptProfile`: the Chinook
+demo gets its own notes, any other database a generic description) and shows the schema that
+:class:`agents.sql_schema.SchemaSelector` picks for the question.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from sqlalchemy.engine import make_url
 
 from agents import prompts
 from agents.base import Outcome, context_block, specialist
+from agents.sql_schema import SchemaSelector
 from graphs.state import Handoff
 from switchboard.services import Services
-from tools.database import QueryResult, SQLExecutionError
-from tools.models import call_model
-from tools.sql_guard import UnsafeSQL, check_read_only
+from tools.database import QueryResult, ReadOnlyDatabase, SQLExecutionError
+from tools.models import ModelHandle, call_model
+from tools.sql_guard import UnsafeSQL, check_read_only, double_quoted_values_as_strings
 
 MAX_ATTEMPTS = 3
-_SQL_LINE = re.compile(r"^\s*SQL:\s*(.+?)\s*$", re.I | re.M)
+MAX_ROWS = 50
+NO_QUERY = "NONE"  # what the model writes on the SQL line when no read-only query can answer
+DIALECT_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+CHINOOK_TABLES = frozenset(
+    {"Album", "Artist", "Customer", "Employee", "Genre", "Invoice", "InvoiceLine", "MediaType", "Playlist",
+     "PlaylistTrack", "Track"}
+)
+READ_ONLY_REFUSAL = (
+    "I can't do that: I can only look data up in the database, never change, add or delete it, "
+    "so nothing was changed."
+)
+# A sentence written before the query ran that claims a write happened (after a write was refused).
+_CLAIMS_A_CHANGE = re.compile(
+    r"\b(delet(e|ed|es|ing)|remov(e|ed|es|ing)|drop(s|ped|ping)?|updat(e|ed|es|ing)|modif(y|ied|ies)"
+    r"|chang(e|ed|es|ing)|insert(s|ed|ing)?|eras(e|ed|es|ing)|truncat(e|ed|es|ing)|wip(e|ed|es|ing))\b",
+    re.I,
+)
+# The SQL runs from "SQL:" to the ANSWER line, a blank line or the end: models asked for one line
+# still break long joins over several.
+_SQL_BLOCK = re.compile(r"^[ \t]*SQL:[ \t]*(.+?)(?=^[ \t]*ANSWER:|\n[ \t]*\n|\Z)", re.I | re.M | re.S)
 _ANSWER_LINE = re.compile(r"^\s*ANSWER:\s*(.+?)\s*$", re.I | re.M)
 _FENCE = re.compile(r"```(?:sql)?\s*(.+?)```", re.S | re.I)
 
 
 def parse_reply(text: str) -> tuple[str, str]:
     """Split the model's two-line reply into (sql, answer template)."""
-    m = _SQL_LINE.search(text)
-    if m:
+    if m := _SQL_BLOCK.search(text):
         sql = m.group(1)
+        if f := _FENCE.search(sql):
+            sql = f.group(1)
     elif f := _FENCE.search(text):
         sql = f.group(1)
     else:
         sql = next((ln for ln in text.splitlines() if re.match(r"\s*(SELECT|WITH)\b", ln, re.I)), text)
     a = _ANSWER_LINE.search(text)
-    return sql.strip().strip("`").rstrip(";").strip(), (a.group(1).strip() if a else "")
+    return sql.strip().strip("`").strip().rstrip(";").strip(), (a.group(1).strip() if a else "")
 
 
 def render_answer(template: str, result: QueryResult) -> str:
@@ -45,20 +76,35 @@ def render_answer(template: str, result: QueryResult) -> str:
 
     The template is only trusted where it has a ``{result}`` slot: a sentence written before the
     query ran cannot know whether anything matched, so an empty result always says so plainly.
+    One slot per column of a one-row result ("{result} has {result} albums") is filled in order.
     """
     rows = result.rows
     if not rows:
         return "I found no matching records in the database."
-    slot = "{result}" in template
+    slots = template.count("{result}")
+    if slots > 1 and len(rows) == 1 and slots == len(rows[0]):
+        return _fill_in_order(template, [_display(v) for v in rows[0]])
+    slot = slots == 1  # several slots that don't match the columns can't be filled truthfully
     if len(rows) == 1 and len(rows[0]) == 1:
-        value = rows[0][0]
-        value = f"{value:,.2f}" if isinstance(value, float) else str(value)
+        value = _display(rows[0][0])
         return template.replace("{result}", value) if slot else f"The database says: {value}."
     if len(result.columns) <= 2 and len(rows) <= 10:
         listed = ", ".join(" ".join(str(v) for v in r) for r in rows)
         return template.replace("{result}", listed) if slot else f"The database returned: {listed}."
     more = " (first rows shown)" if result.truncated or len(rows) > 10 else ""
     return f"The database returned {len(rows)} row{'s' if len(rows) != 1 else ''}{more}:\n\n{result.as_markdown(max_rows=10)}"
+
+
+def _fill_in_order(template: str, values: list[str]) -> str:
+    parts = template.split("{result}")
+    return parts[0] + "".join(value + rest for value, rest in zip(values, parts[1:], strict=True))
+
+
+def _display(value: Any) -> str:
+    """One value for a sentence: money-like numbers with 2 decimals (SQLite float, PostgreSQL Decimal)."""
+    if isinstance(value, float) or (isinstance(value, Decimal) and value != value.to_integral_value()):
+        return f"{value:,.2f}"
+    return str(value)
 
 
 def single_row_entities(result: QueryResult) -> dict[str, str]:
@@ -72,58 +118,141 @@ def single_row_entities(result: QueryResult) -> dict[str, str]:
     return ents
 
 
+@dataclass(frozen=True)
+class PromptProfile:
+    """What the SQL prompt says about a database besides its schema."""
+
+    dialect: str  # as the prompt names it: "SQLite", "PostgreSQL"
+    subject: str  # "the Chinook music store database"
+    notes: str  # lines ending in a newline, or ""
+    example: str  # a worked question/SQL/ANSWER triple that runs on this database
+
+    def system_prompt(self, schema: str) -> str:
+        return prompts.SQL_SYSTEM.format(
+            dialect=self.dialect, subject=self.subject, schema=schema, notes=self.notes, example=self.example
+        )
+
+
+def database_name(db: ReadOnlyDatabase) -> str:
+    """A human name for the database: the SQLite file's stem or PostgreSQL's database name."""
+    if db.path is not None:
+        return db.path.stem
+    return Path(make_url(db.url).database or "database").name
+
+
+def prompt_profile(db: ReadOnlyDatabase) -> PromptProfile:
+    """The demo Chinook schema gets its tailored notes; any other database a generic description.
+
+    Recognised by its table names, so Chinook on SQLite and on PostgreSQL (same names) both get
+    it, and a user's own database never hears about invoices it does not have.
+    """
+    dialect = DIALECT_NAMES[db.dialect]
+    dialect_notes = prompts.SQL_DIALECT_NOTES[db.dialect]
+    if CHINOOK_TABLES <= set(db.table_names()):
+        notes = dialect_notes + prompts.SQL_CHINOOK_NOTES[db.dialect]
+        return PromptProfile(dialect, prompts.SQL_CHINOOK_SUBJECT, notes, prompts.SQL_CHINOOK_EXAMPLE)
+    tables = db.schema()
+    if not tables:
+        raise ValueError(f"{db!r} has no tables to query")
+    example_table = max(tables, key=lambda t: (t.row_count > 0, -len(t.name))).name  # a short, filled one
+    return PromptProfile(
+        dialect,
+        prompts.SQL_GENERIC_SUBJECT.format(name=database_name(db)),
+        dialect_notes,
+        prompts.SQL_GENERIC_EXAMPLE.format(table=example_table),
+    )
+
+
+def claims_a_change(template: str) -> bool:
+    """True when an answer sentence says data was deleted/updated/...: never true of a read."""
+    return bool(_CLAIMS_A_CHANGE.search(template))
+
+
 class SQLAgent:
-    def __init__(self, services: Services) -> None:
+    """The ``sql`` node. ``model`` pins a registry model by name (benchmarks); by default the
+    routing policy's tier decides, like every agent."""
+
+    def __init__(self, services: Services, model: str | None = None) -> None:
         self.services = services
+        self.model = model
+
+    @cached_property
+    def selector(self) -> SchemaSelector:
+        # The embedder is looked up on first use: only databases over the budget need it.
+        return SchemaSelector(self.services.db, embed=lambda texts: self.services.embedder.embed(texts))
+
+    @cached_property
+    def profile(self) -> PromptProfile:
+        return prompt_profile(self.services.db)
 
     def schema_text(self, question: str) -> str:
-        return self.services.db.describe(None, sample_rows=0, compact=True)
+        """The schema part of the prompt: whole when small, the question's tables when large."""
+        return self.selector.render(question)
+
+    def _handle(self, policy: str) -> ModelHandle:
+        if self.model is not None:
+            return self.services.registry.handle(self.model, role="sql")
+        return self.services.registry.for_agent("sql", policy)
 
     async def __call__(self, handoff: Handoff) -> dict[str, Any]:
         async with specialist("sql", handoff) as out:
             await self._answer(handoff, out)
         return out.update()
 
-    async def _answer(self, handoff: Handoff, out: Outcome) -> None:
+    def _prepare(self, sql: str) -> str:
+        """Guard, make SQLite's double-quoted values explicit, validate names; the SQL to run."""
         db = self.services.db
+        sql = check_read_only(sql, dialect=db.dialect)
+        if db.dialect == "sqlite":
+            sql = double_quoted_values_as_strings(sql, db.column_map(), db.dialect)
+        problems = db.validate(sql)
+        if problems:
+            raise SQLExecutionError("; ".join(problems), sql)
+        return sql
+
+    async def _answer(self, handoff: Handoff, out: Outcome) -> None:
         question = out.subtask["task"]
-        handle = self.services.registry.for_agent("sql", handoff["policy"])
+        handle = self._handle(handoff["policy"])
         msgs: list[BaseMessage] = [
-            SystemMessage(prompts.SQL_SYSTEM.format(schema=self.schema_text(question))),
+            SystemMessage(self.profile.system_prompt(self.schema_text(question))),
             HumanMessage(prompts.SQL_USER.format(context=context_block(handoff), question=question)),
         ]
         attempts: list[dict[str, str]] = []
         out.evidence.update({"model": handle.spec.name, "attempts": attempts})
+        if self.selector.needs_selection():
+            out.evidence["schema_tables"] = self.selector.select(question)
+        refused: str | None = None  # why a query that would write was refused, if one was
         for _ in range(MAX_ATTEMPTS):
             reply, entry = await call_model(
                 handle, msgs, agent="sql", task=question, max_tokens=160, subtask_id=out.subtask["id"]
             )
             out.ledger.append(entry)
             sql, template = parse_reply(str(reply.content))
+            if sql.upper() == NO_QUERY:
+                attempts.append({"sql": "", "error": "the model wrote no query"})
+                self._decline(out, question, template, refused)
+                return
             try:
-                sql = check_read_only(sql, dialect=db.dialect)
-                problems = db.validate(sql)
-                if problems:
-                    raise SQLExecutionError("; ".join(problems), sql)
-                result = db.run(sql, max_rows=50)
-            except (UnsafeSQL, SQLExecutionError) as exc:
-                error = getattr(exc, "reason", None) or str(exc)
-                attempts.append({"sql": sql, "error": error})
-                msgs += [AIMessage(str(reply.content)), HumanMessage(prompts.SQL_RETRY.format(error=error))]
+                sql = self._prepare(sql)
+                result = self.services.db.run(sql, max_rows=MAX_ROWS)
+            except UnsafeSQL as exc:
+                attempts.append({"sql": sql, "error": exc.reason})
+                refused = refused if exc.malformed else exc.reason
+                retry = prompts.SQL_RETRY if exc.malformed else prompts.SQL_RETRY_READ_ONLY
+                msgs += [AIMessage(str(reply.content)), HumanMessage(retry.format(error=exc.reason))]
+                continue
+            except SQLExecutionError as exc:
+                attempts.append({"sql": sql, "error": str(exc)})
+                msgs += [AIMessage(str(reply.content)), HumanMessage(prompts.SQL_RETRY.format(error=exc))]
                 continue
             attempts.append({"sql": sql, "error": ""})
-            out.answer = render_answer(template, result)
-            out.evidence.update(
-                {
-                    "sql": sql,
-                    "columns": list(result.columns),
-                    "rows": [list(map(_jsonable, r)) for r in result.rows[:10]],
-                    "row_count": len(result.rows),
-                    "truncated": result.truncated,
-                    "table": result.as_markdown(max_rows=10),
-                }
-            )
-            out.entities = single_row_entities(result)
+            if refused is not None and claims_a_change(template):
+                self._decline(out, question, "", refused)
+                return
+            self._succeed(out, template, sql, result)
+            return
+        if refused is not None:
+            self._decline(out, question, "", refused)
             return
         last = attempts[-1]["error"] if attempts else "no query"
         out.fail(
@@ -132,6 +261,33 @@ class SQLAgent:
             error=last,
         )
 
+    @staticmethod
+    def _decline(out: Outcome, question: str, explanation: str, refused: str | None) -> None:
+        """No query answers this: a write request (refused) or something the data cannot tell."""
+        if refused is not None:
+            out.fail(READ_ONLY_REFUSAL, error=f"refused: {refused}")
+            return
+        reason = explanation.replace("{result}", "").strip() or "no query over this database answers it"
+        out.fail(f"I could not answer “{question}” from the database: {reason}", error="no query")
+
+    @staticmethod
+    def _succeed(out: Outcome, template: str, sql: str, result: QueryResult) -> None:
+        out.answer = render_answer(template, result)
+        out.evidence.update(
+            {
+                "sql": sql,
+                "columns": list(result.columns),
+                "rows": [list(map(_jsonable, r)) for r in result.rows[:10]],
+                "row_count": len(result.rows),
+                "truncated": result.truncated,
+                "table": result.as_markdown(max_rows=10),
+            }
+        )
+        out.entities = single_row_entities(result)
+
 
 def _jsonable(v: Any) -> Any:
+    """Evidence is JSON: PostgreSQL's Decimal becomes a float like SQLite's, dates text."""
+    if isinstance(v, Decimal):
+        return float(v)
     return v if isinstance(v, (int, float, str, type(None))) else str(v)

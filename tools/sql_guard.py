@@ -31,6 +31,7 @@ __all__ = [
     "DENIED_FUNCTION_PREFIXES",
     "UnsafeSQL",
     "check_read_only",
+    "double_quoted_values_as_strings",
     "is_denied_function",
     "referenced_tables",
     "validate_identifiers",
@@ -151,12 +152,18 @@ _QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Subquery)
 
 
 class UnsafeSQL(ValueError):
-    """A statement the guard refuses to run; ``reason`` is short enough to show the model."""
+    """A statement the guard refuses to run; ``reason`` is short enough to show the model.
 
-    def __init__(self, reason: str, sql: str = "") -> None:
+    ``malformed`` is True when the text is not a statement at all (unparseable or empty): a
+    typo to correct, unlike a well-formed statement that would write, which the SQL agent
+    answers with a refusal rather than a silent retry.
+    """
+
+    def __init__(self, reason: str, sql: str = "", *, malformed: bool = False) -> None:
         super().__init__(f"refused SQL: {reason}")
         self.reason = reason
         self.sql = sql
+        self.malformed = malformed
 
 
 def _truncate(sql: str, limit: int = _LOG_SQL_CHARS) -> str:
@@ -164,10 +171,10 @@ def _truncate(sql: str, limit: int = _LOG_SQL_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _refuse(reason: str, sql: str) -> UnsafeSQL:
+def _refuse(reason: str, sql: str, *, malformed: bool = False) -> UnsafeSQL:
     """Log the refusal (audit trail: who tried what) and build the exception to raise."""
     log.warning("refused SQL (%s): %s", reason, _truncate(sql))
-    return UnsafeSQL(reason, sql)
+    return UnsafeSQL(reason, sql, malformed=malformed)
 
 
 def _parse(sql: str, dialect: str) -> list[exp.Expression]:
@@ -176,7 +183,7 @@ def _parse(sql: str, dialect: str) -> list[exp.Expression]:
         statements = sqlglot.parse(sql, read=dialect)
     except SqlglotError as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise _refuse(f"could not parse the SQL ({first_line})", sql) from exc
+        raise _refuse(f"could not parse the SQL ({first_line})", sql, malformed=True) from exc
     return [s for s in statements if s is not None]
 
 
@@ -247,7 +254,7 @@ def _structural_problem(tree: exp.Expression) -> str | None:
 def _check_one(sql: str, dialect: str) -> exp.Expression:
     statements = _parse(sql, dialect)
     if not statements:
-        raise _refuse("empty SQL: expected one SELECT query", sql)
+        raise _refuse("empty SQL: expected one SELECT query", sql, malformed=True)
     if len(statements) > 1:
         raise _refuse(
             f"{len(statements)} statements found: send exactly one SELECT query, no ';'-stacking",
@@ -341,8 +348,25 @@ def _suggest(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""
 
 
+def _found_in(name: str, schema: Mapping[str, set[str]], display_tables: Mapping[str, str]) -> str:
+    """Where a misplaced column really is ("; 'MakeId' is a column of car_names"), or "".
+
+    Small models often take a column from the wrong table; naming its table points the model at
+    the missing join, where a spelling suggestion would offer the very name it just used.
+    """
+    owners = sorted(display_tables.get(t, t) for t, columns in schema.items() if name.lower() in columns)
+    if not owners:
+        return ""
+    more = f" and {len(owners) - 3} more" if len(owners) > 3 else ""
+    return f"; {name!r} is a column of {', '.join(owners[:3])}{more}"
+
+
 def _check_qualified(
-    column: exp.Column, scope: Scope, schema: Mapping[str, set[str]], display: Mapping[str, str]
+    column: exp.Column,
+    scope: Scope,
+    schema: Mapping[str, set[str]],
+    display: Mapping[str, str],
+    display_tables: Mapping[str, str],
 ) -> str | None:
     qualifier = column.table.lower()
     found, source = _lookup_source(scope, qualifier)
@@ -353,7 +377,8 @@ def _check_qualified(
         return None
     owner = source.name if isinstance(source, exp.Table) else column.table
     known = [display.get(c, c) for c in columns]
-    return f"unknown column {column.name!r} in {owner}{_suggest(column.name, known)}"
+    hint = _found_in(column.name, schema, display_tables) or _suggest(column.name, known)
+    return f"unknown column {column.name!r} in {owner}{hint}"
 
 
 def _select_aliases(scope: Scope) -> set[str]:
@@ -364,7 +389,11 @@ def _select_aliases(scope: Scope) -> set[str]:
 
 
 def _check_unqualified(
-    column: exp.Column, scope: Scope, schema: Mapping[str, set[str]], all_columns: set[str]
+    column: exp.Column,
+    scope: Scope,
+    schema: Mapping[str, set[str]],
+    all_columns: set[str],
+    display_tables: Mapping[str, str],
 ) -> str | None:
     name = column.name.lower()
     current: Scope | None = scope
@@ -380,7 +409,8 @@ def _check_unqualified(
         current = current.parent
     tables = sorted(s.name for _, s in scope.selected_sources.values() if isinstance(s, exp.Table))
     where = f" in {', '.join(tables)}" if tables else ""
-    return f"unknown column {column.name!r}{where}{_suggest(column.name, all_columns)}"
+    hint = _found_in(column.name, schema, display_tables) or _suggest(column.name, all_columns)
+    return f"unknown column {column.name!r}{where}{hint}"
 
 
 def validate_identifiers(sql: str, schema: Mapping[str, Iterable[str]], dialect: str = "sqlite") -> list[str]:
@@ -417,9 +447,54 @@ def validate_identifiers(sql: str, schema: Mapping[str, Iterable[str]], dialect:
                 continue
             seen.add(id(column))
             if column.table:
-                problem = _check_qualified(column, scope, lowered, display)
+                problem = _check_qualified(column, scope, lowered, display, display_tables)
             else:
-                problem = _check_unqualified(column, scope, lowered, all_columns)
+                problem = _check_unqualified(column, scope, lowered, all_columns, display_tables)
+                if problem is not None and column.this.quoted:
+                    problem += f" (a text value takes single quotes: '{column.name}')"
             if problem is not None and problem not in problems:
                 problems.append(problem)
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# SQLite's double-quoted strings
+
+
+def _names_in_query(tree: exp.Expression) -> set[str]:
+    """Lower-cased aliases the query itself defines (select-list, table and CTE aliases)."""
+    names = {a.alias.lower() for a in tree.find_all(exp.Alias) if a.alias}
+    for alias in tree.find_all(exp.TableAlias):
+        names.add(alias.name.lower())
+        names.update(c.name.lower() for c in alias.columns)
+    return names
+
+
+def double_quoted_values_as_strings(sql: str, schema: Mapping[str, Iterable[str]], dialect: str = "sqlite") -> str:
+    """Rewrite ``col = "Asia"`` as ``col = 'Asia'`` where ``"Asia"`` names no column or alias.
+
+    SQLite reads a double-quoted name that matches no column as a string literal (a documented
+    legacy quirk) and models trained on SQLite examples write values that way. The database
+    would run such a query fine, but :func:`validate_identifiers` would report ``"Asia"`` as an
+    unknown column and cost a retry. Only operands of a comparison (``=``, ``<>``, ``LIKE``,
+    ``IN``, ``BETWEEN``, ...) are rewritten, and only when the name matches no column, table or
+    alias anywhere, so a real quoted column is never turned into text. Returns ``sql`` unchanged
+    when nothing needs rewriting. Raises :class:`UnsafeSQL` for SQL the guard would refuse.
+    """
+    tree = _check_one(sql, dialect)
+    known = {name.lower() for table, columns in schema.items() for name in (table, *columns)}
+    known |= _names_in_query(tree)
+    values = [
+        column
+        for column in tree.find_all(exp.Column)
+        if not column.table
+        and isinstance(column.this, exp.Identifier)
+        and column.this.quoted
+        and isinstance(column.parent, exp.Predicate)
+        and column.name.lower() not in known
+    ]
+    if not values:
+        return sql
+    for column in values:
+        column.replace(exp.Literal.string(column.name))
+    return check_read_only(tree.sql(dialect=dialect, comments=False), dialect)

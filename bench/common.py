@@ -1,0 +1,55 @@
+"""Helpers the benchmarks share: deterministic sampling, plain-text tables, machine load."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def stratified_sample(items: Sequence[T], key: Callable[[T], Hashable], n: int, seed: int = 0) -> list[T]:
+    """``n`` items spread over the groups ``key`` defines, in proportion to their sizes.
+
+    Deterministic for a given seed (so two runs measure the same questions) and every group with
+    a share of at least one item is represented, unlike a plain random sample that can miss a
+    small database entirely. Largest-remainder rounding makes the shares add up to exactly
+    ``n``; the result keeps the input order.
+    """
+    if n >= len(items):
+        return list(items)
+    if n <= 0:
+        raise ValueError("sample size must be positive")
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        groups[key(item)].append(i)
+    exact = {g: n * len(idx) / len(items) for g, idx in groups.items()}
+    quota = {g: int(share) for g, share in exact.items()}
+    by_remainder = sorted(groups, key=lambda g: (-(exact[g] - quota[g]), str(g)))
+    for g in by_remainder[: n - sum(quota.values())]:
+        quota[g] += 1
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    for g in sorted(groups, key=str):
+        chosen += rng.sample(groups[g], quota[g])
+    return [items[i] for i in sorted(chosen)]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A fixed-width text table: first column left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
+
+
+def machine_load() -> str:
+    """"load 1/5/15 min on N CPUs", for reading latencies measured on a shared machine."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f}/{five:.2f}/{fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs"
