@@ -19,7 +19,8 @@ class GeneralAgent:
 
     async def __call__(self, handoff: Handoff) -> dict[str, Any]:
         async with specialist("general", handoff) as out:
-            handle = self.services.registry.for_agent("general", handoff["policy"])
+            handle, tier = self.services.registry.route("general", handoff["policy"], task=out.subtask["task"])
+            out.evidence["tier"] = tier.as_dict()
             msgs = [
                 SystemMessage(prompts.GENERAL_SYSTEM),
                 HumanMessage(prompts.GENERAL_USER.format(context=context_block(handoff), question=out.subtask["task"])),

@@ -64,7 +64,8 @@ class RAGAgent:
                 out.answer = NOT_FOUND
                 out.evidence["citations"] = []
                 return out.update()
-            handle = self.services.registry.for_agent("rag", handoff["policy"])
+            handle, tier = self.services.registry.route("rag", handoff["policy"], task=question)
+            out.evidence["tier"] = tier.as_dict()
             msgs = [
                 SystemMessage(prompts.RAG_SYSTEM),
                 HumanMessage(

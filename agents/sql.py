@@ -13,6 +13,7 @@ demo gets its own notes, any other database a generic description) and shows the
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -31,6 +32,8 @@ from switchboard.services import Services
 from tools.database import QueryResult, ReadOnlyDatabase, SQLExecutionError
 from tools.models import ModelHandle, call_model
 from tools.sql_guard import UnsafeSQL, check_read_only, double_quoted_values_as_strings
+
+log = logging.getLogger("switchboard.agents.sql")
 
 MAX_ATTEMPTS = 3
 MAX_ROWS = 50
@@ -189,10 +192,24 @@ class SQLAgent:
         """The schema part of the prompt: whole when small, the question's tables when large."""
         return self.selector.render(question)
 
-    def _handle(self, policy: str) -> ModelHandle:
+    def _handle(self, policy: str, question: str, out: Outcome) -> ModelHandle:
         if self.model is not None:
             return self.services.registry.handle(self.model, role="sql")
-        return self.services.registry.for_agent("sql", policy)
+        handle, tier = self.services.registry.route("sql", policy, task=question)
+        out.evidence["tier"] = tier.as_dict()
+        return handle
+
+    def _escalate(self, handle: ModelHandle, reason: str, out: Outcome) -> ModelHandle:
+        """Cascade: the light model's query failed to parse, validate or run, which is a cheap and
+        reliable sign it is out of its depth; the remaining attempts go to the heavy tier."""
+        if self.model is not None or out.evidence.get("escalations"):
+            return handle
+        heavy = self.services.registry.escalation(handle, "sql")
+        if heavy is None:
+            return handle
+        out.evidence["escalations"] = [{"from": handle.spec.name, "to": heavy.spec.name, "reason": reason}]
+        log.info("sql: escalating from %s to %s: %s", handle.spec.name, heavy.spec.name, reason)
+        return heavy
 
     async def __call__(self, handoff: Handoff) -> dict[str, Any]:
         async with specialist("sql", handoff) as out:
@@ -212,7 +229,7 @@ class SQLAgent:
 
     async def _answer(self, handoff: Handoff, out: Outcome) -> None:
         question = out.subtask["task"]
-        handle = self._handle(handoff["policy"])
+        handle = self._handle(handoff["policy"], question, out)
         msgs: list[BaseMessage] = [
             SystemMessage(self.profile.system_prompt(self.schema_text(question))),
             HumanMessage(prompts.SQL_USER.format(context=context_block(handoff), question=question)),
@@ -222,30 +239,36 @@ class SQLAgent:
         if self.selector.needs_selection():
             out.evidence["schema_tables"] = self.selector.select(question)
         refused: str | None = None  # why a query that would write was refused, if one was
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt and attempts[-1]["error"] and not refused:
+                handle = self._escalate(handle, f"the light model's query failed: {attempts[-1]['error']}", out)
+            escalated = out.evidence.get("escalations") or []
             reply, entry = await call_model(
-                handle, msgs, agent="sql", task=question, max_tokens=160, subtask_id=out.subtask["id"]
+                handle, msgs, agent="sql", task=question, max_tokens=160, subtask_id=out.subtask["id"],
+                note=f"escalated from {escalated[0]['from']}: {escalated[0]['reason']}"
+                if escalated and handle.spec.name == escalated[0]["to"] else "",
             )
+            out.evidence["model"] = handle.spec.name
             out.ledger.append(entry)
             sql, template = parse_reply(str(reply.content))
             if sql.upper() == NO_QUERY:
-                attempts.append({"sql": "", "error": "the model wrote no query"})
+                attempts.append({"model": handle.spec.name, "sql": "", "error": "the model wrote no query"})
                 self._decline(out, question, template, refused)
                 return
             try:
                 sql = self._prepare(sql)
                 result = self.services.db.run(sql, max_rows=MAX_ROWS)
             except UnsafeSQL as exc:
-                attempts.append({"sql": sql, "error": exc.reason})
+                attempts.append({"model": handle.spec.name, "sql": sql, "error": exc.reason})
                 refused = refused if exc.malformed else exc.reason
                 retry = prompts.SQL_RETRY if exc.malformed else prompts.SQL_RETRY_READ_ONLY
                 msgs += [AIMessage(str(reply.content)), HumanMessage(retry.format(error=exc.reason))]
                 continue
             except SQLExecutionError as exc:
-                attempts.append({"sql": sql, "error": str(exc)})
+                attempts.append({"model": handle.spec.name, "sql": sql, "error": str(exc)})
                 msgs += [AIMessage(str(reply.content)), HumanMessage(prompts.SQL_RETRY.format(error=exc))]
                 continue
-            attempts.append({"sql": sql, "error": ""})
+            attempts.append({"model": handle.spec.name, "sql": sql, "error": ""})
             if refused is not None and claims_a_change(template):
                 self._decline(out, question, "", refused)
                 return

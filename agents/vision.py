@@ -41,19 +41,21 @@ class VisionAgent:
                 "name": image.name, "width": image.width, "height": image.height,
                 "format": image.original_format, "downscaled": image.downscaled,
             }
-            spec = self._vision_model(handoff["policy"])
+            spec = self._vision_model(handoff["policy"], out)
             if spec is not None:
                 await self._ask_vision_model(spec, image, handoff, out)
             else:
                 await self._ocr_then_answer(image, handoff, out)
         return out.update()
 
-    def _vision_model(self, policy: str) -> ModelSpec | None:
+    def _vision_model(self, policy: str, out: Outcome) -> ModelSpec | None:
         reg = self.services.registry
         try:
-            spec = reg.pick(reg.tier_for("vision", policy), capability="vision")
+            tier = reg.decide_tier("vision", policy, out.subtask["task"], capability="vision")
+            spec = reg.pick(tier.tier, capability="vision")
         except RegistryError:
             return None
+        out.evidence["tier"] = tier.as_dict()
         return spec
 
     async def _ask_vision_model(self, spec: ModelSpec, image: ValidatedImage, handoff: Handoff, out: Outcome) -> None:
@@ -94,7 +96,8 @@ class VisionAgent:
             # another specialist answers the question from what was read: no model call here
             out.answer = f"{fields.as_prompt_text()}\nText on the image: {' / '.join(text.splitlines()[:12])}"
             return
-        handle = self.services.registry.for_agent("vision", handoff["policy"])
+        handle, tier = self.services.registry.route("vision", handoff["policy"], task=out.subtask["task"])
+        out.evidence["tier"] = tier.as_dict()
         msgs = [
             SystemMessage(prompts.VISION_SYSTEM),
             HumanMessage(

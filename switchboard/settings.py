@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     cassette_path: Path | None = None
 
     routing_policy: RoutingPolicy = "balanced"
+    # The light/heavy tier router used by "auto" policy rules (`switchboard train-router` writes one).
+    tier_router_file: Path = REPO_ROOT / "switchboard" / "config" / "tier_router.json"
     # Triage: below this classifier confidence a clause is "unsure".
     triage_threshold: float | None = None
     triage_use_llm: bool = True

@@ -220,11 +220,12 @@ class ModelGateway:
 
     # --- the call --------------------------------------------------------------------------
     async def call(self, handle: ModelHandle, messages: list[BaseMessage], *, agent: str, task: str,
-                   max_tokens: int, stop: list[str] | None, subtask_id: str) -> tuple[AIMessage, LedgerEntry]:
+                   max_tokens: int, stop: list[str] | None, subtask_id: str,
+                   note: str = "") -> tuple[AIMessage, LedgerEntry]:
         from tools.models import LedgerEntry
 
         thread_id = current_thread_id()
-        notes: list[str] = []
+        notes: list[str] = [note] if note else []
         spec = self._within_budget(handle.spec, messages, max_tokens, thread_id, notes)
         key = cache_key(spec, messages, max_tokens, stop)
         if self.settings.cache_ttl_s > 0 and (hit := self.ledger.cached(key, self.settings.cache_ttl_s)):

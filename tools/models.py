@@ -24,10 +24,12 @@ from tools.recording import Cassette, RecordingChatModel
 
 if TYPE_CHECKING:
     from tools.gateway import ModelGateway
+    from tools.tier_router import TierRouter
 
 log = logging.getLogger("switchboard.models")
 
 Tier = Literal["light", "heavy"]
+TierRule = Literal["light", "heavy", "auto"]  # "auto": the tier router decides per subtask
 Provider = Literal["llamacpp", "openai", "openai_compatible", "anthropic", "fake"]
 
 
@@ -77,6 +79,19 @@ class LedgerEntry:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class TierDecision:
+    """Which tier a subtask got, and why (kept in the result's evidence and the audit trail)."""
+
+    tier: Tier
+    reason: str
+    score: float | None = None  # the tier router's P(light model is not enough), when it was asked
+    threshold: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tier": self.tier, "reason": self.reason, "score": self.score, "threshold": self.threshold}
+
+
 @dataclass
 class ModelHandle:
     """A chat model plus the registry facts needed to account for its calls."""
@@ -94,7 +109,7 @@ class RegistryError(ValueError):
 class ModelRegistry:
     settings: Settings
     specs: dict[str, ModelSpec]
-    policies: dict[str, dict[str, Tier]]
+    policies: dict[str, dict[str, TierRule]]
     _cache: dict[tuple[str, str], ModelHandle] = field(default_factory=dict)
     _cassette: Cassette | None = None
 
@@ -129,9 +144,45 @@ class ModelRegistry:
     def available(self) -> list[ModelSpec]:
         return [s for s in self.specs.values() if s.available()]
 
-    def tier_for(self, agent: str, policy: str | None = None) -> Tier:
+    def tier_for(self, agent: str, policy: str | None = None, task: str | None = None) -> Tier:
+        return self.decide_tier(agent, policy, task).tier
+
+    @cached_property
+    def tier_router(self) -> TierRouter:
+        from tools.tier_router import TierRouter
+
+        return TierRouter.load(self.settings.tier_router_file)
+
+    def heavy_differs(self, capability: str | None = None) -> bool:
+        """Is there a heavy model to escalate to, distinct from the light one?"""
+        try:
+            return self.pick("heavy", capability).name != self.pick("light", capability).name
+        except RegistryError:
+            return False
+
+    def decide_tier(self, agent: str, policy: str | None = None, task: str | None = None,
+                    capability: str | None = None) -> TierDecision:
+        """The policy's rule for ``agent``: a fixed tier, or ``auto`` -- the tier router reads the
+        subtask and sends it to the heavy tier only when it predicts the light model won't do, at
+        the policy's threshold (cost-saver < balanced < best-quality in heavy share). No model is
+        called; scoring is one embedding. With no distinct heavy model configured there is
+        nothing to choose, so the router is not even asked."""
         policy = policy or self.settings.routing_policy
-        return self.policies.get(policy, {}).get(agent, "light")
+        rule = self.policies.get(policy, {}).get(agent, "light")
+        if rule != "auto":
+            return TierDecision(rule, f"policy {policy}: {agent} uses the {rule} tier")
+        if not self.heavy_differs(capability):
+            return TierDecision("light", "no distinct heavy model is available")
+        if not task:
+            return TierDecision("light", "no subtask text to score")
+        choice = self.tier_router.choose(task, policy)
+        verdict = "needs" if choice.tier == "heavy" else "does not need"
+        return TierDecision(
+            choice.tier,
+            f"tier router: {agent} subtask {verdict} the heavy model "
+            f"(score {choice.score:.2f} vs {policy} threshold {choice.threshold:.2f})",
+            round(choice.score, 4), round(choice.threshold, 4),
+        )
 
     def pick(self, tier: Tier, capability: str | None = None) -> ModelSpec:
         """The first available model of ``tier`` with ``capability``; the other tier if none."""
@@ -146,9 +197,22 @@ class ModelRegistry:
             + "; enable one in the model registry or set its API key"
         )
 
-    def for_agent(self, agent: str, policy: str | None = None, capability: str | None = None) -> ModelHandle:
-        spec = self.pick(self.tier_for(agent, policy), capability)
-        return self.handle(spec.name, role=agent)
+    def for_agent(self, agent: str, policy: str | None = None, capability: str | None = None,
+                  task: str | None = None) -> ModelHandle:
+        return self.route(agent, policy, task=task, capability=capability)[0]
+
+    def route(self, agent: str, policy: str | None = None, *, task: str | None = None,
+              capability: str | None = None) -> tuple[ModelHandle, TierDecision]:
+        """The model for one subtask and the tier decision behind it."""
+        decision = self.decide_tier(agent, policy, task, capability)
+        spec = self.pick(decision.tier, capability)
+        return self.handle(spec.name, role=agent), decision
+
+    def escalation(self, handle: ModelHandle, agent: str, capability: str | None = None) -> ModelHandle | None:
+        """The heavy model to escalate to from ``handle`` (cascade), or None if there is none."""
+        if handle.spec.tier == "heavy" or not self.heavy_differs(capability):
+            return None
+        return self.handle(self.pick("heavy", capability).name, role=agent)
 
     def use_chat_model(self, name: str, chat: BaseChatModel, roles: tuple[str, ...] = ()) -> None:
         """Serve ``name`` with a given chat model (fakes in tests and benchmarks)."""
@@ -236,9 +300,12 @@ async def call_model(
     max_tokens: int = 256,
     stop: list[str] | None = None,
     subtask_id: str = "",
+    note: str = "",
 ) -> tuple[AIMessage, LedgerEntry]:
     """Call a model (streaming, so UIs see tokens) through the gateway: cache, budget, fallback,
-    circuit breaker, and a ledger entry with tokens, cost and latency."""
+    circuit breaker, and a ledger entry with tokens, cost and latency. ``note`` (an escalation's
+    reason, say) is kept with the call in the ledger."""
     return await handle.registry.gateway.call(
-        handle, messages, agent=agent, task=task, max_tokens=max_tokens, stop=stop, subtask_id=subtask_id
+        handle, messages, agent=agent, task=task, max_tokens=max_tokens, stop=stop, subtask_id=subtask_id,
+        note=note,
     )

@@ -27,8 +27,9 @@ def test_hosted_models_become_available_with_their_key(monkeypatch):
     reg = ModelRegistry.from_settings(Settings())
     assert reg.pick("heavy").name == "gpt-4o"
     assert reg.pick("light", capability="vision").name == "gpt-4o-mini"
-    assert reg.for_agent("sql", policy="best-quality").spec.name == "gpt-4o"
-    assert reg.for_agent("sql", policy="cost-saver").spec.name == "local-qwen2.5-coder-1.5b"
+    hard = "Prove that there are infinitely many primes and derive their asymptotic density"
+    assert reg.for_agent("sql", policy="best-quality", task=hard).spec.name == "gpt-4o"
+    assert reg.for_agent("sql", policy="cost-saver", task=hard).spec.name == "local-qwen2.5-coder-1.5b"
 
 
 def test_no_model_with_a_capability_is_a_clear_error():
