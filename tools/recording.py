@@ -5,6 +5,12 @@ A cassette is a readable YAML file of ``{request, response}`` pairs at the chat-
 not HTTP, it works the same for the in-process llama.cpp model and for hosted APIs, and no
 header or API key can reach it; text is still scrubbed of anything that looks like a secret.
 
+Personal data (e-mails, phones, cards, IBANs) and secrets are masked by ``tools.redaction``
+before a cassette is written. Replay must still find a recording when the live request holds the
+real values (a customer's e-mail in an SQL result, say), so requests are compared in their
+redacted form: ``Cassette.key`` redacts both sides. Cassettes recorded before redaction existed
+replay unchanged, since redacting their requests and the live ones gives the same key.
+
 Modes: ``record`` calls the real model and saves; ``replay`` serves recorded answers and fails
 loudly (naming the request) when one is missing -- never a silent real call.
 """
@@ -27,11 +33,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
-_SECRET_PATTERNS = [
-    re.compile(r"sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-]{12,}"),
-    re.compile(r"(?i)(api[_-]?key|authorization|x-api-key)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9._\-]{12,}"),
-]
+from tools.redaction import redact, redact_obj
+
 _SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "SWITCHBOARD_API_KEYS")
 
 
@@ -40,14 +43,13 @@ class MissingRecording(LookupError):
 
 
 def scrub(text: str) -> str:
-    """Remove API keys and bearer tokens from text bound for a cassette."""
+    """Text bound for a cassette without the configured API keys (exact values, ``[REDACTED]``),
+    other keys and bearer tokens (``[secret]``) or personal data (``tools.redaction.redact``)."""
     for name in _SECRET_ENV:
         for value in filter(None, (os.environ.get(name) or "").split(",")):
             if len(value.strip()) >= 8:
                 text = text.replace(value.strip(), "[REDACTED]")
-    for pat in _SECRET_PATTERNS:
-        text = pat.sub("[REDACTED]", text)
-    return text
+    return redact(text)
 
 
 def message_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
@@ -85,7 +87,8 @@ class Cassette:
 
     @staticmethod
     def key(request: dict[str, Any]) -> str:
-        return json.dumps(request, sort_keys=True, ensure_ascii=False)
+        """What identifies a request: redacted, so a live request matches its redacted recording."""
+        return json.dumps(redact_obj(request), sort_keys=True, ensure_ascii=False)
 
     def find(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """The next unserved recording of an identical request (identical repeats replay in order)."""
@@ -104,8 +107,9 @@ class Cassette:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = {"interactions": self.interactions}
-        text = scrub(yaml.dump(body, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=100))
+        # Scrub the values, not the YAML text: YAML may fold a long line inside a card number.
+        body = {"interactions": redact_obj(self.interactions, scrub)}
+        text = yaml.dump(body, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=100)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(self.path)

