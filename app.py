@@ -28,6 +28,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,18 @@ from typing import Any
 import chainlit as cl
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.input_widget import Select
+from langgraph.types import Command
 
 from graphs.state import Context
 from graphs.support import build_support_graph, turn_input
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
+from tools import review
+from tools.redaction import install_log_redaction
 
 log = logging.getLogger("switchboard.ui")
+install_log_redaction()  # Chainlit configures logging itself; records are redacted as they are made
 
 SETTINGS = Settings()
 POLICIES = ("cost-saver", "balanced", "best-quality")
@@ -62,7 +67,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 def _drop_chainlit_ci_fake_key() -> None:
     """``chainlit run`` treats env ``CI`` as its ``--ci`` flag and then sets a fake
     OPENAI_API_KEY, which would switch on the hosted models of the registry. Undo that."""
-    if os.environ.get("OPENAI_API_KEY") == "sk-FAKE-OPENAI-API-KEY":
+    if os.environ.get("OPENAI_API_KEY") == "sk-FAKE-OPENAI-API-KEY":  # secret-scan: allow (Chainlit's placeholder)
         del os.environ["OPENAI_API_KEY"]
 
 
@@ -251,6 +256,22 @@ class OrderedSQLAlchemyDataLayer(SQLAlchemyDataLayer):
         async with self._step_lock:
             await SQLAlchemyDataLayer.delete_step(self, step_id)
 
+    async def upsert_feedback(self, feedback: Any) -> str:
+        """A thumbs up/down is kept with the chat and, by answer id, in the audit trail
+        (`switchboard compare` reports it per model)."""
+        feedback_id = await super().upsert_feedback(feedback)
+        try:
+            # Chainlit puts feedback on the turn's run step; the answer is its assistant message
+            rows = await self.execute_sql(
+                'SELECT id FROM steps WHERE (id = :id OR "parentId" = :id) AND type = \'assistant_message\' '
+                'ORDER BY "createdAt" DESC LIMIT 1', {"id": feedback.forId})
+            answer_id = uuid.UUID(rows[0]["id"]).hex
+            await asyncio.to_thread(SERVICES.audit.record_feedback, answer_id, 1 if feedback.value else -1,
+                                    feedback.comment)
+        except Exception:  # noqa: BLE001 - feedback on a message without an answer id, or the audit db is down
+            log.warning("feedback on %s not recorded in the audit trail", feedback.forId, exc_info=True)
+        return feedback_id
+
     async def delete_thread(self, thread_id: str) -> None:
         """Deleting a conversation in the sidebar (Chainlit checks the user owns it) also deletes
         its graph state (summary, entities) and the images uploaded to it."""
@@ -435,6 +456,12 @@ async def on_chat_resume(thread: dict[str, Any]) -> None:
     state = await graph.aget_state({"configurable": {"thread_id": thread["id"]}})
     if not (state and state.values):
         log.warning("thread %s has no saved graph state: earlier context is not available", thread["id"])
+    elif pending := review.pending_reviews(state):
+        # a turn still paused for review gets its buttons back, on its saved review message: Chainlit
+        # replaces the shown messages with the saved ones right after this hook (buttons are kept).
+        # Without that message, the next one the user sends brings the buttons back (on_message).
+        if (saved := saved_review_message(thread, pending)) is not None:
+            await send_review(thread["id"], pending, for_id=saved)
 
 
 # --- one user turn ------------------------------------------------------------------------------
@@ -578,9 +605,12 @@ class TurnView:
         self.subtasks: list[dict[str, Any]] = []
         self.image_path: str | None = None
         self.reply: cl.Message | None = None
+        self.skip: set[str] = set()  # a resumed turn's tasks whose results LangGraph reuses (no new step)
 
     async def task_started(self, task: dict[str, Any]) -> None:
         name = task["name"]
+        if task["id"] in self.skip:
+            return
         if name == "triage":
             self.triage = cl.Step(name="Triage", type="tool", show_input=False, parent_id=self.parent_id)
             self.triage.start = _now()
@@ -643,6 +673,10 @@ class TurnView:
             await _finish(self.triage, error=task.get("error"))
         elif name in SPECIALISTS and task["id"] in self.steps:
             step = self.steps.pop(task["id"])
+            if task.get("interrupts"):  # paused for human review: the node runs again once decided
+                step.output = "Waiting for review: see the request below."
+                await _finish(step)
+                return
             update = task.get("result") or {}
             results = _unwrap(update.get("results")) or []
             ledger = _unwrap(update.get("ledger")) or []
@@ -658,8 +692,9 @@ class TurnView:
                 step.output = f"The specialist stopped: {task.get('error')}"
                 await _finish(step, error=task.get("error") or "no result")
 
-    async def answer(self, text: str) -> None:
-        self.reply = cl.Message(content="")
+    async def answer(self, text: str, answer_id: str | None = None) -> None:
+        # the message's id is the answer's audit id, so a thumbs up/down lands in the audit trail
+        self.reply = cl.Message(content="", id=str(uuid.UUID(answer_id)) if answer_id else None)
         pieces = re.findall(r"\S+\s*|\s+", text) or [""]
         delay = min(0.02, 0.6 / max(len(pieces), 1))
         for piece in pieces:
@@ -698,6 +733,11 @@ async def on_message(message: cl.Message) -> None:
     thread_id = cl.context.session.thread_id
     policy = _valid_policy(cl.user_session.get("policy"))
     config = {"configurable": {"thread_id": thread_id}}
+    if pending := review.pending_reviews(await graph.aget_state(config)):  # a paused turn is decided first
+        await cl.Message(content="This conversation is waiting for review: approve, edit or reject the request "
+                                 "below, then ask again.").send()
+        await send_review(thread_id, pending)
+        return
     view = TurnView()
 
     attachment = pick_attachment(message.elements)
@@ -707,9 +747,16 @@ async def on_message(message: cl.Message) -> None:
     if not question and view.image_path:
         question = "What does this image show?"
 
+    if await stream_turn(graph, turn_input(question, view.image_path), config, policy, view):
+        await conclude_turn(graph, config, view)
+
+
+async def stream_turn(graph: Any, graph_input: Any, config: dict[str, Any], policy: str, view: TurnView) -> bool:
+    """Run a turn (or resume a paused one: ``graph_input`` is a ``Command``), streaming its steps
+    and answer into the chat. False when it failed (and the failure was shown)."""
     try:
         async for mode, chunk in graph.astream(
-            turn_input(question, view.image_path),
+            graph_input,
             config=config,
             context=Context(policy=policy),
             stream_mode=["messages", "updates", "tasks"],
@@ -722,16 +769,24 @@ async def on_message(message: cl.Message) -> None:
             elif mode == "messages":
                 await view.token(*chunk)
             elif mode == "updates" and "synthesize" in chunk:
-                await view.answer((chunk["synthesize"] or {}).get("answer", ""))
+                update = chunk["synthesize"] or {}
+                await view.answer(update.get("answer", ""), next((m.id for m in update.get("messages") or []), None))
     except Exception as exc:  # noqa: BLE001 - the UI boundary: show what broke, keep the session
-        log.exception("turn failed on thread %s", thread_id)
+        log.exception("turn failed on thread %s", config["configurable"]["thread_id"])
         await view.close_open_steps(f"{type(exc).__name__}: {exc}")
         if view.reply is not None:
             await view.reply.send()
         await cl.ErrorMessage(content=f"Sorry, this turn failed ({type(exc).__name__}: {exc}).").send()
-        return
+        return False
+    return True
 
+
+async def conclude_turn(graph: Any, config: dict[str, Any], view: TurnView) -> None:
+    """The reply's footer; or, when the turn paused for human review, what awaits a decision."""
     state = await graph.aget_state(config)
+    if pending := review.pending_reviews(state):
+        await send_review(config["configurable"]["thread_id"], pending)
+        return
     ledger = (state.values or {}).get("ledger") or []
     if view.reply is None:  # synthesis always answers; this is only a guard
         await view.answer((state.values or {}).get("answer", ""))
@@ -739,3 +794,93 @@ async def on_message(message: cl.Message) -> None:
     assert view.reply is not None
     await view.reply.stream_token("\n\n" + "*" + footer(cost, time.monotonic() - view.started, ledger) + "*")
     await view.reply.send()
+
+
+# --- human review: a paused turn's buttons ---------------------------------------------------------
+
+REVIEW_ACTION = "review"
+REVIEW_LABELS = {"approve": ("Approve", "check"), "reject": ("Reject", "x"), "edit": ("Edit SQL", "pencil")}
+_review_actions: dict[str, list[cl.Action]] = {}  # thread id -> the buttons shown for its paused turn
+
+
+def review_markdown(pending: list[dict[str, Any]]) -> str:
+    out = ["**Waiting for review**"]
+    for r in pending:
+        out += ["", review.describe(r)]
+        if r.get("sql"):
+            out += [f"```sql\n{r['sql']}\n```"]
+        if r.get("kind") == review.COST:
+            out += [f"Model `{r.get('model')}` · about {_usd(r.get('estimate_usd', 0.0))} · spent so far "
+                    f"{_usd(r.get('spent_usd', 0.0))} · review limit ${r.get('limit_usd', 0.0):.2f}"]
+    return "\n".join(out)
+
+
+async def send_review(thread_id: str, pending: list[dict[str, Any]], for_id: str | None = None) -> None:
+    """Show what a paused turn waits for, with Approve / Reject (/ Edit SQL) buttons per review;
+    with ``for_id``, put the buttons back on that (saved) review message instead."""
+    actions = []
+    for n, r in enumerate(pending, 1):
+        for action in r.get("actions") or review.ACTIONS.get(str(r.get("kind")), ()):
+            label, icon = REVIEW_LABELS[action]
+            actions.append(cl.Action(name=REVIEW_ACTION, payload={"id": r["id"], "action": action}, icon=icon,
+                                     label=f"{label} #{n}" if len(pending) > 1 else label))
+    if for_id is not None:
+        for action in actions:
+            await action.send(for_id=for_id)
+    else:
+        await cl.Message(content=review_markdown(pending), actions=actions,
+                         metadata={"review": [r["id"] for r in pending]}).send()
+    _review_actions[thread_id] = actions
+
+
+def saved_review_message(thread: dict[str, Any], pending: list[dict[str, Any]]) -> str | None:
+    """The id of the saved message that showed these reviews (buttons are not saved with it)."""
+    wanted = {r["id"] for r in pending}
+    for saved in reversed(thread.get("steps") or []):
+        meta = saved.get("metadata") or {}
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta or "{}")
+            except ValueError:
+                continue
+        if isinstance(meta, dict) and wanted <= set(meta.get("review") or []):
+            return saved.get("id")
+    return None
+
+
+@cl.action_callback(REVIEW_ACTION)
+async def on_review(action: cl.Action) -> None:
+    """A reviewer's click: resume the paused turn with their decision and stream the rest."""
+    graph = await _graph()
+    thread_id = cl.context.session.thread_id
+    config = {"configurable": {"thread_id": thread_id}}
+    snapshot = await graph.aget_state(config)
+    pending = review.pending_reviews(snapshot)
+    target = str(action.payload.get("id"))
+    shown = next((r for r in pending if r["id"] == target), None)
+    if shown is None:
+        await action.remove()
+        await cl.Message(content="That review was already decided.").send()
+        return
+    decision: dict[str, Any] = {"action": action.payload.get("action")}
+    if decision["action"] == "edit":
+        reply = await cl.AskUserMessage(content=f"Send the SQL to run instead of:\n```sql\n{shown.get('sql', '')}\n```",
+                                        timeout=600).send()
+        if not reply or not str(reply.get("output", "")).strip():
+            await cl.Message(content="No query received: the review is still waiting.").send()
+            return
+        decision["sql"] = str(reply["output"]).strip().removeprefix("```sql").strip("`").strip()
+    try:
+        values = review.resume_map(pending, decision, interrupt_id=target)
+    except review.ReviewError as exc:
+        await cl.ErrorMessage(content=f"That decision cannot be applied: {exc}.").send()
+        return
+    for shown_action in _review_actions.pop(thread_id, None) or [action]:
+        await shown_action.remove()
+    await cl.Message(content=f"Reviewer's decision: **{REVIEW_LABELS[decision['action']][0]}**"
+                             + (f"\n```sql\n{decision['sql']}\n```" if decision.get("sql") else "")).send()
+    view = TurnView()
+    view.skip = {t.id for t in snapshot.tasks if t.result is not None and not t.interrupts}
+    policy = (snapshot.values.get("turn_meta") or {}).get("policy") or _valid_policy(cl.user_session.get("policy"))
+    if await stream_turn(graph, Command(resume=values), config, policy, view):
+        await conclude_turn(graph, config, view)

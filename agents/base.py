@@ -9,7 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from langgraph.errors import GraphBubbleUp, is_invalid_resume
+
 from graphs.state import AgentResult, Handoff
+from tools import telemetry
 from tools.models import LedgerEntry
 from tools.recording import MissingRecording
 
@@ -83,13 +86,23 @@ async def specialist(agent: str, handoff: Handoff) -> AsyncIterator[Outcome]:
     """Run a specialist body; an unexpected error becomes a failed result that says what broke
     (logged with its traceback), so one broken branch never loses the rest of the turn."""
     out = Outcome(agent, handoff)
+    paused = False
     try:
         yield out
     except MissingRecording:
         raise  # tests must fail loudly on an unrecorded model call
+    except GraphBubbleUp:  # an interrupt (human review): the turn pauses and the node re-runs on resume
+        paused = True
+        raise
     except Exception as exc:  # noqa: BLE001 - the node boundary: record, explain, keep the turn
+        if is_invalid_resume(exc):  # a malformed review decision: LangGraph keeps the interrupt pending
+            paused = True
+            raise
         log.exception("%s specialist failed on %r", agent, out.subtask["task"])
         out.fail(
             f"Sorry, the {agent} specialist could not answer this part ({type(exc).__name__}: {exc}).",
             error=f"{type(exc).__name__}: {exc}",
         )
+    finally:  # latency and failures per agent (Prometheus), and the outcome on the node's span
+        if not paused:
+            telemetry.record_agent_outcome(agent, time.monotonic() - out.started, ok=out.ok)

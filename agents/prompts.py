@@ -79,3 +79,12 @@ Answer briefly and politely (at most three sentences). For questions about order
 say that you can look them up if the customer asks specifically."""
 
 GENERAL_USER = """{context}{question}"""
+
+# Validation: a second model checks an answer against the evidence it was built from.
+VALIDATE_SYSTEM = """You check a support answer against the evidence it was built from.
+Reply with one word, PASS or FAIL, then a colon and at most one short sentence.
+PASS: every fact in the answer is supported by the evidence. FAIL: the answer states something the evidence does not support or contradicts."""
+VALIDATE_USER = """Question: {question}
+Evidence:
+{evidence}
+Answer: {answer}"""

@@ -82,6 +82,7 @@ class RAGAgent:
             text, citations = cite_articles(text, relevant)
             out.evidence["model"] = handle.spec.name
             out.evidence["citations"] = citations
+            out.evidence["passages"] = format_passages(relevant)  # what a validator checks against
             out.answer = with_sources(text, citations, relevant)
         return out.update()
 

@@ -29,6 +29,7 @@ from agents.base import Outcome, context_block, specialist
 from agents.sql_schema import SchemaSelector
 from graphs.state import Handoff
 from switchboard.services import Services
+from tools import review
 from tools.database import QueryResult, ReadOnlyDatabase, SQLExecutionError
 from tools.models import ModelHandle, call_model
 from tools.sql_guard import UnsafeSQL, check_read_only, double_quoted_values_as_strings
@@ -227,6 +228,48 @@ class SQLAgent:
             raise SQLExecutionError("; ".join(problems), sql)
         return sql
 
+    def _sensitive(self, sql: str) -> list[str]:
+        """The configured sensitive columns a prepared query reads, when a reviewer can be asked
+        (inside a checkpointed graph run: direct calls, e.g. benchmarks, never pause)."""
+        columns = self.services.settings.sensitive_columns
+        if not columns or not review.reviewable():
+            return []
+        db = self.services.db
+        return review.sensitive_reads(sql, db.column_map(), columns, db.dialect)
+
+    def _run_reviewed(self, out: Outcome, sql: str, template: str, columns: list[str]) -> None:
+        """Pause for a reviewer (``interrupt``) before a query that reads sensitive columns.
+
+        LangGraph re-runs this node from its start on resume, so the model is asked again and may
+        write another query. The decision therefore carries the SQL to run -- the query the
+        reviewer was shown, or their edit -- which is prepared like any query (read-only guard,
+        known names) and runs instead of whatever was regenerated; the model's answer sentence is
+        kept only when it was written for exactly that query."""
+        question = out.subtask["task"]
+        decision = review.ask(review.sql_payload(out.subtask, sql, columns))
+        verdict: dict[str, Any] = {"kind": review.SENSITIVE_SQL, "columns": columns, "action": decision.action}
+        out.evidence["review"] = verdict
+        if decision.action == "reject":
+            out.fail(f"A reviewer declined to run the database query for “{question}” because it reads sensitive "
+                     "data, so nothing was looked up.", error="declined by a reviewer")
+            return
+        try:
+            chosen = self._prepare(decision.sql)
+            result = self.services.db.run(chosen, max_rows=MAX_ROWS)
+        except UnsafeSQL as exc:
+            why = "" if exc.malformed else " I can only read the database, so nothing was changed."
+            out.fail(f"The reviewed query for “{question}” was not run: {exc.reason}.{why}",
+                     error=f"reviewed query refused: {exc.reason}")
+            return
+        except SQLExecutionError as exc:
+            out.fail(f"The reviewed query for “{question}” could not run: {exc}", error=f"reviewed query failed: {exc}")
+            return
+        verdict["sql"] = chosen
+        if chosen != sql:  # what was reviewed is not what the model wrote this time
+            verdict["columns"] = self._sensitive(chosen)
+            out.evidence["attempts"].append({"model": "reviewer", "sql": chosen, "error": ""})
+        self._succeed(out, template if chosen == sql else "", chosen, result)
+
     async def _answer(self, handoff: Handoff, out: Outcome) -> None:
         question = out.subtask["task"]
         handle = self._handle(handoff["policy"], question, out)
@@ -257,7 +300,8 @@ class SQLAgent:
                 return
             try:
                 sql = self._prepare(sql)
-                result = self.services.db.run(sql, max_rows=MAX_ROWS)
+                sensitive = self._sensitive(sql)  # such a query runs only once a reviewer approves it
+                result = None if sensitive else self.services.db.run(sql, max_rows=MAX_ROWS)
             except UnsafeSQL as exc:
                 attempts.append({"model": handle.spec.name, "sql": sql, "error": exc.reason})
                 refused = refused if exc.malformed else exc.reason
@@ -271,6 +315,9 @@ class SQLAgent:
             attempts.append({"model": handle.spec.name, "sql": sql, "error": ""})
             if refused is not None and claims_a_change(template):
                 self._decline(out, question, "", refused)
+                return
+            if result is None:
+                self._run_reviewed(out, sql, template, sensitive)
                 return
             self._succeed(out, template, sql, result)
             return

@@ -35,7 +35,8 @@ _LABELS = {"vision": "Read from the image", "sql": "In our records", "rag": "Fro
 
 async def synthesize(state: SupportState) -> dict[str, Any]:
     answer = compose(state.get("subtasks") or [], state.get("results") or [])
-    return {"answer": answer, "messages": [AIMessage(content=answer)]}
+    answer_id = (state.get("turn_meta") or {}).get("answer_id")  # the audit trail's and feedback's key
+    return {"answer": answer, "messages": [AIMessage(content=answer, id=answer_id)]}
 
 
 def _facts(result: AgentResult) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -15,7 +16,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from agents import prompts
 from graphs.state import Subtask
 from tools.intent import IntentClassifier, Prediction, RouteConfig
-from tools.models import LedgerEntry, ModelRegistry, call_model
+from tools.models import LedgerEntry, ModelHandle, ModelRegistry, call_model
 
 log = logging.getLogger("switchboard.triage")
 
@@ -54,7 +55,13 @@ class Triage:
         registry: ModelRegistry | None,
         threshold: float | None = None,
         use_llm: bool = True,
+        voters: list[str] | tuple[str, ...] = (),
     ) -> None:
+        self.voters = list(voters)
+        if registry is not None:
+            unknown = [v for v in self.voters if v not in registry.specs]
+            if unknown:
+                raise ValueError(f"triage_voters names unknown registry models {unknown}")
         self.config = config
         self.classifier = classifier
         self.registry = registry
@@ -104,10 +111,19 @@ class Triage:
                 subtasks.extend(self._subtasks_for(route, clause, pred, reason, False, start=len(subtasks)))
                 continue
             route, reason, asked = pred.label, f"classifier {pred.confidence:.3f} >= {self.threshold:.3f}", False
+            votes: dict[str, str] = {}
             if pred.confidence < self.threshold:
                 if previous_agents and len(previous_agents) == 1 and looks_like_follow_up(clause):
                     route = self._route_for_agent(previous_agents[0]) or pred.label
                     reason = f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); follow-up of the previous {previous_agents[0]} turn"
+                elif self.use_llm and self.voters:
+                    route, entries, votes = await self._vote(clause, pred.label, has_image, policy)
+                    ledger.extend(entries)
+                    llm_calls += len(entries)
+                    asked = True
+                    tally = ", ".join(f"{who}: {r}" for who, r in votes.items())
+                    reason = (f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); "
+                              f"vote chose {route} ({tally})")
                 elif self.use_llm:
                     route, entry = await self._ask_llm(clause, has_image, policy)
                     ledger.append(entry)
@@ -117,7 +133,8 @@ class Triage:
                 else:
                     route = "general"
                     reason = f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); no LLM: general"
-            subtasks.extend(self._subtasks_for(route, clause, pred, reason, asked, start=len(subtasks)))
+            subtasks.extend(s.model_copy(update={"votes": votes})
+                            for s in self._subtasks_for(route, clause, pred, reason, asked, start=len(subtasks)))
         if has_image and not any(s.agent == "vision" for s in subtasks):
             subtasks.insert(0, self._image_subtask(text, clauses))
         subtasks = _wire_image_dependencies(subtasks)
@@ -178,9 +195,27 @@ class Triage:
             reason="an image is attached and no clause was routed to vision",
         )
 
-    async def _ask_llm(self, clause: str, has_image: bool, policy: str | None) -> tuple[str, LedgerEntry]:
+    async def _vote(self, clause: str, guess: str, has_image: bool, policy: str | None
+                    ) -> tuple[str, list[LedgerEntry], dict[str, str]]:
+        """Ensemble for an unsure clause: the classifier's guess and one vote per configured
+        model, majority wins; a tie goes to the first model's vote. Every vote is recorded."""
         assert self.registry is not None
-        handle = self.registry.for_agent("triage", policy)
+        votes: dict[str, str] = {"classifier": guess}
+        entries: list[LedgerEntry] = []
+        for name in self.voters:
+            route, entry = await self._ask_llm(clause, has_image, policy, handle=self.registry.handle(name, "triage"))
+            entry.role = "vote"
+            votes[name] = route
+            entries.append(entry)
+        counts = Counter(votes.values())
+        best = max(counts.values())
+        winner = next(r for r in [votes[self.voters[0]], *votes.values()] if counts[r] == best)
+        return winner, entries, votes
+
+    async def _ask_llm(self, clause: str, has_image: bool, policy: str | None,
+                       handle: ModelHandle | None = None) -> tuple[str, LedgerEntry]:
+        assert self.registry is not None
+        handle = handle or self.registry.for_agent("triage", policy)
         routes = "\n".join(f"{r.name}: {r.description}" for r in self.config.routes.values())
         msgs = [
             SystemMessage(prompts.TRIAGE_SYSTEM.format(routes=routes)),

@@ -70,7 +70,7 @@ from knowledge.ingest import IngestReport, ingest  # noqa: E402
 from knowledge.store import PER_SOURCE_DEPTH, Chunk, Hit, KnowledgeStore, best_per_source, embedding_text  # noqa: E402
 from switchboard.services import Services  # noqa: E402
 from switchboard.settings import Settings  # noqa: E402
-from tools.models import ModelHandle, ModelRegistry  # noqa: E402
+from tools.models import ModelHandle, ModelRegistry, TierDecision  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/rag/wixqa_sample"
 HELPCENTER = ROOT / "knowledge" / "helpcenter"
@@ -503,10 +503,11 @@ def make_services(store: KnowledgeStore, workdir: Path, model: str) -> Services:
     if not spec.available():
         raise SystemExit(f"model {model!r} is not available: enable it or set {spec.requires_env}")
 
-    def pinned(agent: str, policy: str | None = None, capability: str | None = None) -> ModelHandle:
-        return registry.handle(model, role=agent)
+    def pinned(agent: str, policy: str | None = None, *, task: str | None = None,
+               capability: str | None = None) -> tuple[ModelHandle, TierDecision]:
+        return registry.handle(model, role=agent), TierDecision(spec.tier, f"pinned by the benchmark: {model}")
 
-    registry.for_agent = pinned  # type: ignore[method-assign]
+    registry.route = pinned  # type: ignore[method-assign]
     return services
 
 

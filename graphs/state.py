@@ -31,6 +31,7 @@ class Subtask(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict)
     reason: str
     llm_asked: bool = False
+    votes: dict[str, str] = Field(default_factory=dict)  # triage ensemble: voter -> route, when one ran
     depends_on: list[str] = Field(default_factory=list)
     # set when another subtask depends on this one: just gather evidence, the dependent answers
     extract_only: bool = False
@@ -73,6 +74,8 @@ class SupportState(TypedDict, total=False):
     results: Annotated[list[AgentResult], operator.add]
     ledger: Annotated[list[dict[str, Any]], operator.add]
     triage_log: dict[str, Any]
+    # this turn's bookkeeping: started_at, policy, turn_index, answer_id (for the audit trail)
+    turn_meta: dict[str, Any]
     answer: str
     summary: str
     turns: list[TurnRecord]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,11 +18,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from langgraph.types import Command
+
 from graphs.state import Context
 from graphs.support import build_support_graph, turn_input
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
+from tools import review
+from tools.review import ReviewError  # noqa: F401 - re-exported: what resume() raises for a bad decision
+
+log = logging.getLogger("switchboard.api")
+
+
+class ReviewPending(RuntimeError):
+    """The thread's last turn is paused for human review: resume it before asking again."""
+
+    def __init__(self, thread_id: str, pending: list[dict[str, Any]]) -> None:
+        super().__init__(f"conversation {thread_id!r} is waiting for review ({len(pending)} pending): "
+                         "approve, edit or reject it first")
+        self.thread_id, self.pending = thread_id, pending
+
+
+class NoPendingReview(LookupError):
+    """A resume for a thread that is not paused."""
 
 
 @dataclass
@@ -49,6 +69,14 @@ class TurnResult:
     latency_ms: int
     summary: str = ""
     entities: dict[str, str] = field(default_factory=dict)
+    answer_id: str = ""  # the audit trail's key for this answer: pass it to Switchboard.feedback()
+    # a paused turn: the interrupts awaiting a reviewer, {"id", "kind", "question", ...} (tools/review.py);
+    # `answer` then says what is awaited, and Switchboard.resume() continues the turn
+    pending_review: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.pending_review)
 
     @property
     def cost_usd(self) -> float:
@@ -66,6 +94,7 @@ class TurnResult:
             "cost_usd": self.cost_usd,
             "latency_ms": self.latency_ms,
             "llm_calls": len(self.ledger),
+            "pending_review": self.pending_review,
         }
 
 
@@ -114,6 +143,15 @@ class Switchboard:
         image: str | Path | None = None,
         policy: str | None = None,
     ) -> TurnResult:
+        """Answer one turn. A turn that pauses for human review comes back with ``pending_review``
+        set (continue it with :meth:`resume`); asking again on a paused thread raises
+        :class:`ReviewPending`. A turn that a crash left part-way is finished first (its answer
+        goes into the conversation and the audit trail), so no question is silently dropped."""
+        if thread_id and (pending := await self.pending_reviews(thread_id)):
+            raise ReviewPending(thread_id, pending)
+        if thread_id and await self.unfinished(thread_id):
+            log.warning("thread %s has an unfinished turn (crash?): finishing it before the new one", thread_id)
+            await self.recover(thread_id)
         thread_id = thread_id or uuid.uuid4().hex
         started = time.monotonic()
         state = await self.graph.ainvoke(
@@ -121,8 +159,44 @@ class Switchboard:
             config={"configurable": {"thread_id": thread_id}},
             context=Context(policy=policy or self.services.settings.routing_policy),
         )
+        return await self._turn_result(state, thread_id, started)
+
+    # --- human review (tools/review.py): a turn paused by interrupt() -------------------------
+    async def pending_reviews(self, thread_id: str) -> list[dict[str, Any]]:
+        """What the thread's paused turn waits for: ``[{"id": interrupt id, "kind", "question", ...}]``
+        (``sensitive_sql``: ``sql``, ``columns``; ``cost``: ``model``, ``estimate_usd``, ``spent_usd``,
+        ``limit_usd``); empty when nothing is paused."""
+        snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
+        return review.pending_reviews(snapshot)
+
+    async def resume(self, thread_id: str, decision: dict[str, Any] | str = "approve", *,
+                     interrupt_id: str | None = None) -> TurnResult:
+        """Continue a paused turn with a reviewer's decision (``Command(resume={id: value})``).
+
+        ``decision`` is ``"approve"``/``"reject"``, ``{"action": "approve"|"reject"|"edit", "sql": ...}``
+        (an approval runs the query the reviewer was shown; an edit runs ``sql``), or a map
+        ``{interrupt id: decision}``. It applies to ``interrupt_id``'s review, else to every pending
+        one (an edit needs exactly one). The turn may pause again (another review) or finish.
+        Raises :class:`NoPendingReview` if nothing waits, :class:`ReviewError` for a bad decision."""
+        config = {"configurable": {"thread_id": thread_id}}
+        snapshot = await self.graph.aget_state(config)
+        pending = review.pending_reviews(snapshot)
+        if not pending:
+            raise NoPendingReview(f"conversation {thread_id!r} has no turn waiting for review")
+        values = review.resume_map(pending, decision, interrupt_id)
+        policy = (snapshot.values.get("turn_meta") or {}).get("policy") or self.services.settings.routing_policy
+        started = time.monotonic()
+        state = await self.graph.ainvoke(Command(resume=values), config=config, context=Context(policy=policy))
+        return await self._turn_result(state, thread_id, started)
+
+    async def _turn_result(self, state: dict[str, Any], thread_id: str, started: float) -> TurnResult:
+        pending: list[dict[str, Any]] = []
+        if "__interrupt__" in state:  # paused: the values are the last checkpoint's, not an answer
+            snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
+            pending = review.pending_reviews(snapshot)
+            state = dict(snapshot.values)
         return TurnResult(
-            answer=state.get("answer", ""),
+            answer=review.paused_answer(pending) if pending else state.get("answer", ""),
             thread_id=thread_id,
             subtasks=report_subtasks(state),
             triage=state.get("triage_log") or {},
@@ -131,4 +205,34 @@ class Switchboard:
             latency_ms=round((time.monotonic() - started) * 1000),
             summary=state.get("summary", ""),
             entities=state.get("entities") or {},
+            answer_id="" if pending else (state.get("turn_meta") or {}).get("answer_id", ""),
+            pending_review=pending,
         )
+
+    def feedback(self, answer_id: str, score: int, comment: str | None = None) -> None:
+        """Record a user's thumbs up (+1) or down (-1) on an answer, for `switchboard compare`."""
+        self.services.audit.record_feedback(answer_id, score, comment)
+
+    # --- crash recovery: a turn whose process died part-way (not a human-review pause) ---------
+    async def unfinished(self, thread_id: str) -> bool:
+        """Did this thread's last turn stop part-way (process killed, crash)?
+
+        True when its last checkpoint still has nodes to run and none of them waits on a human
+        (``interrupt()``): a paused turn is resumed with a decision, not recovered."""
+        snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
+        return bool(snapshot.next) and not snapshot.interrupts
+
+    async def recover(self, thread_id: str) -> TurnResult:
+        """Finish a turn that stopped part-way, from its last checkpoint (LangGraph input ``None``).
+
+        Only unfinished work runs again: a specialist whose result was checkpointed before the
+        crash (a pending write of the interrupted step) is not called again, and the turn's audit
+        record is written once. Raises LookupError if the thread has no unfinished turn."""
+        config = {"configurable": {"thread_id": thread_id}}
+        snapshot = await self.graph.aget_state(config)
+        if not snapshot.next or snapshot.interrupts:
+            raise LookupError(f"thread {thread_id!r} has no unfinished turn to recover")
+        policy = (snapshot.values.get("turn_meta") or {}).get("policy") or self.services.settings.routing_policy
+        started = time.monotonic()
+        state = await self.graph.ainvoke(None, config=config, context=Context(policy=policy))
+        return await self._turn_result(state, thread_id, started)  # it may pause for review, too

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from switchboard import audit_cli
 from switchboard.settings import Settings
+from tools.redaction import install_log_redaction
 
 DEMO_QUESTIONS = [
     "How many customers are from Brazil?",
@@ -29,8 +31,31 @@ async def _ask(args: argparse.Namespace, settings: Settings) -> int:
     if args.image and not Path(args.image).exists():
         print(f"error: image file not found: {args.image}", file=sys.stderr)
         return 2
+    from switchboard.api import ReviewPending
+
     async with Switchboard.open(settings) as sb:
-        turn = await sb.ask(args.question, thread_id=args.thread, image=args.image, policy=args.policy)
+        try:
+            turn = await sb.ask(args.question, thread_id=args.thread, image=args.image, policy=args.policy)
+        except ReviewPending as exc:
+            print(f"error: {exc}: switchboard resume {exc.thread_id} --approve|--reject|--edit SQL", file=sys.stderr)
+            return 2
+    if args.json:
+        _print_json(turn.as_json())
+    else:
+        _print_turn(turn)
+    return 0
+
+
+async def _recover(args: argparse.Namespace, settings: Settings) -> int:
+    """Finish a turn whose process died part-way, from its checkpoint (Switchboard.recover)."""
+    from switchboard.api import Switchboard
+
+    async with Switchboard.open(settings) as sb:
+        try:
+            turn = await sb.recover(args.thread)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         _print_json(turn.as_json())
     else:
@@ -43,13 +68,50 @@ def _print_turn(turn: Any) -> None:
     from rich.markdown import Markdown
 
     console = Console()
-    console.print(Markdown(turn.answer))
+    if not getattr(turn, "pending_review", None):  # a paused turn's reviews are listed below instead
+        console.print(Markdown(turn.answer))
     for s in turn.subtasks:
         console.print(
             f"[dim]  {s.agent:<8} {s.model or '-':<26} in={s.tokens_in:<5} out={s.tokens_out:<4} "
             f"${s.cost_usd:.5f} {s.latency_ms} ms — {s.task}[/dim]"
         )
     console.print(f"[dim]  thread {turn.thread_id} · {turn.latency_ms} ms · ${turn.cost_usd:.5f}[/dim]")
+    if getattr(turn, "pending_review", None):
+        _print_reviews(turn.thread_id, turn.pending_review)
+
+
+def _print_reviews(thread: str, pending: list[dict[str, Any]]) -> None:
+    """What a paused turn waits for, and the commands that continue it (plain text: SQL is copied)."""
+    print(f"\nThis turn is waiting for review ({len(pending)}):")
+    for r in pending:
+        print(f"- [{r.get('kind')}] review {r['id']}: {r.get('question', '')}")
+        if r.get("sql"):
+            print(f"    SQL: {r['sql']}")
+        if r.get("kind") == "cost":
+            print(f"    model {r.get('model')}: about ${r.get('estimate_usd', 0):.4f}, spent ${r.get('spent_usd', 0):.4f}, "
+                  f"review limit ${r.get('limit_usd', 0):.2f}")
+    only = "" if len(pending) == 1 else " --id REVIEW_ID"
+    print(f"Continue with: switchboard resume {thread} --approve | switchboard resume {thread} --reject"
+          + (f" | switchboard resume {thread}{only} --edit \"SQL\"" if any(r.get("sql") for r in pending) else ""))
+
+
+async def _resume(args: argparse.Namespace, settings: Settings) -> int:
+    """Continue a turn paused for human review with a decision (Switchboard.resume)."""
+    from switchboard.api import NoPendingReview, ReviewError, Switchboard
+
+    decision: dict[str, Any] = ({"action": "edit", "sql": args.edit} if args.edit is not None
+                                else {"action": "approve" if args.approve else "reject"})
+    async with Switchboard.open(settings) as sb:
+        try:
+            turn = await sb.resume(args.thread, decision, interrupt_id=args.id)
+        except (NoPendingReview, ReviewError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        _print_json(turn.as_json())
+    else:
+        _print_turn(turn)
+    return 0
 
 
 async def _route(args: argparse.Namespace, settings: Settings) -> int:
@@ -188,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="answer the demo questions in the terminal")
 
+    res = sub.add_parser("resume", help="continue a turn paused for human review (sensitive SQL, cost)")
+    res.add_argument("thread", help="conversation id of the paused turn (as printed by ask)")
+    decide = res.add_mutually_exclusive_group(required=True)
+    decide.add_argument("--approve", action="store_true", help="run what was shown (the query, the heavy model)")
+    decide.add_argument("--reject", action="store_true", help="decline: no query runs; a cost review uses the light tier")
+    decide.add_argument("--edit", metavar="SQL", help="run this query instead (checked read-only like any query)")
+    res.add_argument("--id", help="the review to decide when several are pending (default: all of them)")
+    res.add_argument("--json", action="store_true", help="print one JSON object")
+
+    rec = sub.add_parser("recover", help="finish a turn that stopped part-way (process killed) from its checkpoint")
+    rec.add_argument("thread", help="conversation id of the interrupted turn")
+    rec.add_argument("--json", action="store_true", help="print one JSON object")
+
     serve = sub.add_parser("serve", help="serve the HTTP API (OpenAI-compatible /v1/chat/completions)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
@@ -203,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     trr.add_argument("--strong-model", default="gpt-4-1106-preview", help="heavy model's column/name")
     trr.add_argument("--C", type=float, default=None, help="regularisation (default: chosen by held-out APGR)")
     trr.add_argument("--keep-contaminated", action="store_true", help="do not drop contaminated_prompts.jsonl entries")
+    audit_cli.add_parsers(sub)
     return p
 
 
@@ -212,20 +288,27 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    install_log_redaction()  # no e-mail, phone, card, IBAN or key reaches a log (uvicorn's included)
     settings = Settings()
     try:
         if args.command == "ask":
             return asyncio.run(_ask(args, settings))
+        if args.command == "resume":
+            return asyncio.run(_resume(args, settings))
         if args.command == "route":
             return asyncio.run(_route(args, settings))
         if args.command == "ingest":
             return _ingest(args, settings)
+        if args.command == "recover":
+            return asyncio.run(_recover(args, settings))
         if args.command == "demo":
             return asyncio.run(_demo(args, settings))
         if args.command == "serve":
             return _serve(args, settings)
         if args.command == "train-router":
             return _train_router(args)
+        if args.command in ("audit", "compare"):
+            return audit_cli.run(args, settings)
     except KeyboardInterrupt:
         return 130
     return 2

@@ -17,7 +17,15 @@ Any OpenAI client can talk to it (``base_url=http://host:8000/v1``, ``api_key=ke
   ``stream: true`` sends ``chat.completion.chunk`` events ending with ``data: [DONE]``: a role
   chunk at once, keep-alive comments while the specialists work, then the composed answer.
 * ``GET /v1/threads/{id}`` — the conversation: messages, and per turn its routes and costs.
+* Human review (``tools/review.py``): a turn that pauses for a reviewer (a query reading sensitive
+  columns, a heavy model call past the review cost) answers with what it waits for, and its
+  ``switchboard`` block lists ``pending_review`` (id, kind, question, sql/columns or cost).
+  ``GET /v1/threads/{id}/review`` lists what is pending; ``POST /v1/threads/{id}/review`` with
+  ``{"action": "approve"|"reject"|"edit", "sql": ..., "interrupt_id": ...}`` continues the turn
+  and answers like a chat completion. A new message on a paused conversation is a 409.
 * ``GET /v1/models`` — the accepted ``model`` names. ``GET /healthz`` — liveness, no key needed.
+* ``GET /metrics`` — Prometheus metrics (``tools/metrics.py``), no key needed like ``/healthz``:
+  counts, latencies, tokens and costs, never conversation content.
 
 Every ``/v1`` call needs ``Authorization: Bearer <key>`` with a key from ``SWITCHBOARD_API_KEYS``
 (comma-separated). Keys are service credentials for trusted backends: any valid key may read any
@@ -48,13 +56,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from switchboard.api import Switchboard, TurnResult, report_subtasks
+from switchboard.api import NoPendingReview, ReviewError, ReviewPending, Switchboard, TurnResult, report_subtasks
 from switchboard.settings import Settings
+from tools import metrics
 from tools.images import MAX_BYTES as MAX_IMAGE_BYTES
 
 log = logging.getLogger("switchboard.server")
@@ -437,6 +446,7 @@ def switchboard_block(result: TurnResult) -> dict[str, Any]:
         "cost_usd": result.cost_usd,
         "llm_calls": len(result.ledger),
         "latency_ms": result.latency_ms,
+        "pending_review": result.pending_review,  # a paused turn: what awaits POST /v1/threads/{id}/review
     }
 
 
@@ -544,6 +554,39 @@ async def thread_history(graph: Any, conversation: str, limit: int) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------------
+# human review: a paused turn, and the decision that continues it
+# ---------------------------------------------------------------------------------------------
+
+
+class ReviewRequest(BaseModel):
+    """``POST /v1/threads/{id}/review``: a reviewer's decision (``tools/review.py``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    action: Literal["approve", "reject", "edit"]
+    sql: str | None = None  # an edit's query (an approval runs the query that was shown)
+    interrupt_id: str | None = None  # which review, when several are pending (default: all)
+
+
+def parse_review_request(body: bytes) -> ReviewRequest:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, "The request body is not valid UTF-8 JSON.", code="invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_request_body")
+    try:
+        return ReviewRequest.model_validate(payload)
+    except ValidationError as exc:
+        message, param = _validation_message(exc)
+        raise APIError(400, message, code="invalid_request_body", param=param) from exc
+
+
+def review_pending_error(exc: ReviewPending) -> APIError:
+    return APIError(409, f"Conversation {exc.thread_id!r} is waiting for review: decide it with POST "
+                    f"/v1/threads/{exc.thread_id}/review before sending another message.", code="review_pending")
+
+
+# ---------------------------------------------------------------------------------------------
 # the application
 # ---------------------------------------------------------------------------------------------
 
@@ -625,6 +668,11 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/metrics")
+    async def prometheus_metrics(request: Request) -> Response:
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
+
     @app.get("/v1/models", dependencies=authed)
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "switchboard"}
@@ -638,9 +686,13 @@ def create_app(
         headers = {CONVERSATION_HEADER: turn.conversation}
         log.info("turn %s conversation=%s policy=%s image=%s stream=%s", turn.completion_id, turn.conversation,
                  turn.policy, turn.turn.image is not None, turn.stream)
+        if pending := await board.pending_reviews(turn.conversation):
+            raise review_pending_error(ReviewPending(turn.conversation, pending))
         if not turn.stream:
             try:
                 result = await run_turn(board, locks, turn.turn, turn.conversation, turn.policy)
+            except ReviewPending as exc:  # paused by a concurrent request after the check above
+                raise review_pending_error(exc) from exc
             except Exception as exc:  # answered here, not by the last-resort handler: the connection stays usable
                 log.exception("turn %s failed", turn.completion_id)
                 raise APIError(500, TURN_FAILED, type="server_error", code="internal_error") from exc
@@ -662,5 +714,42 @@ def create_app(
         if history is None:
             raise APIError(404, f"No conversation with id {conversation!r}.", code="thread_not_found")
         return history
+
+    async def _reviews(conversation: str) -> list[dict[str, Any]]:
+        board: Switchboard = app.state.board
+        snapshot = await board.graph.aget_state({"configurable": {"thread_id": conversation}})
+        if not snapshot.values:
+            raise APIError(404, f"No conversation with id {conversation!r}.", code="thread_not_found")
+        return await board.pending_reviews(conversation)
+
+    @app.get("/v1/threads/{thread_id}/review", dependencies=authed)
+    async def get_review(thread_id: str) -> dict[str, Any]:
+        conversation = valid_conversation_id(thread_id, "thread_id")
+        return {"object": "thread.review", "conversation_id": conversation, "pending": await _reviews(conversation)}
+
+    @app.post("/v1/threads/{thread_id}/review", dependencies=authed)
+    async def post_review(thread_id: str, request: Request) -> JSONResponse:
+        conversation = valid_conversation_id(thread_id, "thread_id")
+        decision = parse_review_request(await read_limited_body(request, server.max_request_bytes))
+        board: Switchboard = request.app.state.board
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        async with request.app.state.locks.get(conversation):
+            if not await _reviews(conversation):
+                raise APIError(409, f"Conversation {conversation!r} has no turn waiting for review.",
+                               code="no_pending_review")
+            log.info("review %s conversation=%s action=%s", completion_id, conversation, decision.action)
+            try:
+                result = await board.resume(conversation, decision.model_dump(include={"action", "sql"}, exclude_none=True),
+                                            interrupt_id=decision.interrupt_id)
+            except ReviewError as exc:
+                raise APIError(400, f"Invalid review decision: {exc}.", code="invalid_review_decision",
+                               param="interrupt_id" if decision.interrupt_id else "action") from exc
+            except NoPendingReview as exc:  # decided by a concurrent request
+                raise APIError(409, str(exc), code="no_pending_review") from exc
+            except Exception as exc:  # noqa: BLE001 - like a failed turn: logged, answered generically
+                log.exception("review %s failed", completion_id)
+                raise APIError(500, TURN_FAILED, type="server_error", code="internal_error") from exc
+        return JSONResponse(completion_body(result, completion_id, DEFAULT_MODEL),
+                            headers={CONVERSATION_HEADER: conversation})
 
     return app

@@ -18,6 +18,7 @@ from tools.models import ModelRegistry
 if TYPE_CHECKING:
     from agents.triage import Triage
     from knowledge.store import KnowledgeStore
+    from tools.audit import AuditTrail
     from tools.database import ReadOnlyDatabase
     from tools.embeddings import MiniLMEmbedder
 
@@ -52,7 +53,12 @@ class Services:
             self.registry,
             threshold=self.settings.triage_threshold,
             use_llm=self.settings.triage_use_llm,
+            voters=self.settings.triage_voters,
         )
+
+    @property
+    def audit(self) -> AuditTrail:
+        return self.registry.audit  # one trail per process: turns, and shadow calls from the gateway
 
     @cached_property
     def db(self) -> ReadOnlyDatabase:

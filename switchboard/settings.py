@@ -68,8 +68,38 @@ class Settings(BaseSettings):
     breaker_failures: int = 3
     breaker_cooldown_s: float = 60.0
 
+    # Checks before an answer leaves: these agents' answers are validated against their evidence
+    # by a second model (registry name; empty = the light tier), e.g. '["sql", "rag"]'. Each check
+    # is one more model call per subtask.
+    validate_agents: list[str] = Field(default_factory=list)
+    validator_model: str = ""
+    # Triage ensemble: when the classifier is unsure, these registry models each vote on the route
+    # (with the classifier's own guess); the majority wins. Empty = one LLM call, no vote.
+    triage_voters: list[str] = Field(default_factory=list)
+
+    # Human review (tools/review.py): a turn pauses (a LangGraph interrupt, kept in the checkpoint)
+    # until someone approves, edits or rejects it -- `switchboard resume`, the HTTP API's
+    # /v1/threads/{id}/review, or the chat UI's buttons. review_cost_usd: before a heavy-tier model
+    # call that would take the conversation's spend past this (unset = never; reject = the light
+    # tier answers). sensitive_columns: before a SQL query that reads any of these "Table.Column"
+    # or "Table.*" entries (case-insensitive; '[]' = never).
+    review_cost_usd: float | None = None
+    sensitive_columns: list[str] = Field(default_factory=lambda: [
+        "Customer.Email", "Customer.Phone", "Customer.Fax", "Customer.Address",
+        "Employee.Email", "Employee.Phone", "Employee.Fax", "Employee.Address",
+    ])
+
     # Conversation summary is kept under this many characters.
     summary_max_chars: int = 1500
+
+    # Tracing (OpenTelemetry spans per turn, graph node and model call; tools/telemetry.py):
+    # "off" sends nothing (spans go to the process's global provider, a no-op unless the host
+    # installed one), "console" prints spans to stderr, "otlp" exports over OTLP/HTTP to
+    # otel_endpoint, a base URL such as http://localhost:4318 (empty: the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT variables).
+    otel_exporter: Literal["off", "console", "otlp"] = "off"
+    otel_endpoint: str = ""
+    otel_service_name: str = "switchboard"
 
     openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")

@@ -6,7 +6,7 @@ what "the model" says and can inspect what it was sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -20,6 +20,8 @@ class ScriptedChatModel(BaseChatModel):
 
     respond: Callable[[list[BaseMessage]], str]
     calls: list[list[BaseMessage]] = Field(default_factory=list)
+    # awaited with the messages before each streamed reply: lets a test hold a call open
+    before_reply: Callable[[list[BaseMessage]], Awaitable[None]] | None = None
 
     @property
     def _llm_type(self) -> str:
@@ -41,6 +43,13 @@ class ScriptedChatModel(BaseChatModel):
         text = self.respond(messages)
         yield ChatGenerationChunk(message=AIMessageChunk(content=text))
         yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=self._usage(messages, text)))
+
+    async def _astream(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                       **kw: Any) -> AsyncIterator[ChatGenerationChunk]:
+        if self.before_reply is not None:
+            await self.before_reply(messages)
+        for chunk in self._stream(messages, stop=stop, **kw):
+            yield chunk
 
 
 def by_system_prompt(rules: dict[str, str | Callable[[list[BaseMessage]], str]], default: str = "OK") -> Callable[[list[BaseMessage]], str]:

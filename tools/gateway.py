@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage
 
+from tools import metrics, telemetry
 from tools.recording import message_dicts
 
 if TYPE_CHECKING:
@@ -54,6 +56,16 @@ class BudgetExceeded(RuntimeError):
 
 class AllModelsFailed(RuntimeError):
     """The model and all its fallbacks failed or are cooling down."""
+
+
+class ReviewDeclined(RuntimeError):
+    """A reviewer declined a heavy-tier call and there is no light model to answer instead."""
+
+
+# A reviewer's cost decision ("approve"/"reject") for the rest of the current node run: each
+# node run is an asyncio task with its own context, so a resumed (re-run) node asks afresh.
+_COST_DECISION: contextvars.ContextVar[str | None] = contextvars.ContextVar("switchboard_cost_decision",
+                                                                            default=None)
 
 
 def failure_reason(exc: BaseException) -> str | None:
@@ -184,6 +196,7 @@ class ModelGateway:
         self.ledger = Ledger(s.ledger_path)
         self.breaker = CircuitBreaker(s.breaker_failures, s.breaker_cooldown_s)
         self._alerted: set[str] = set()
+        self._shadows: set[asyncio.Task[None]] = set()
 
     # --- budgets ---------------------------------------------------------------------------
     def _over_budget(self, spec: ModelSpec, est: float, thread_id: str | None) -> str | None:
@@ -218,6 +231,40 @@ class ModelGateway:
         log.warning("budget: refusing a call to %s: %s", spec.name, problem)
         raise BudgetExceeded(f"I can't run this request: {problem}.")
 
+    # --- human review ----------------------------------------------------------------------
+    def _cost_review(self, spec: ModelSpec, messages: list[BaseMessage], max_tokens: int,
+                     thread_id: str | None, notes: list[str], *, agent: str, task: str,
+                     subtask_id: str) -> ModelSpec:
+        """Before a heavy-tier call that would take the conversation's spend past
+        ``review_cost_usd``, pause the turn for a reviewer (``interrupt``, kind "cost"): approve
+        -> this model, reject -> the light tier. Only inside a checkpointed graph run (direct
+        calls, e.g. benchmarks, never pause). One decision covers the rest of the node's run."""
+        limit = self.settings.review_cost_usd
+        if limit is None or spec.tier != "heavy" or not thread_id:
+            return spec
+        from tools import review
+
+        est = spec.cost(estimate_tokens(messages), max_tokens)
+        spent = self.ledger.spent(thread_id=thread_id)
+        if spent + est <= limit or not review.reviewable():
+            return spec
+        light = self.registry.pick("light")
+        light = light if light.tier == "light" and light.name != spec.name else None
+        decision = _COST_DECISION.get()
+        if decision is None:  # LangGraph re-runs a resumed node: this returns the reviewer's answer
+            subtask = {"id": subtask_id, "agent": agent, "task": task}
+            decision = review.ask(review.cost_payload(subtask, spec.name, est, spent, limit,
+                                                      light.name if light else None)).action
+            _COST_DECISION.set(decision)
+        if decision == "approve":
+            notes.append(f"review: a reviewer approved {spec.name} past the review limit of ${limit:.2f}")
+            return spec
+        if light is None:
+            raise ReviewDeclined(f"a reviewer declined the call to {spec.name} and no light model can answer instead")
+        notes.append(f"review: a reviewer declined {spec.name} past the review limit of ${limit:.2f}; "
+                     f"{light.name} answered instead")
+        return light
+
     # --- the call --------------------------------------------------------------------------
     async def call(self, handle: ModelHandle, messages: list[BaseMessage], *, agent: str, task: str,
                    max_tokens: int, stop: list[str] | None, subtask_id: str,
@@ -226,7 +273,9 @@ class ModelGateway:
 
         thread_id = current_thread_id()
         notes: list[str] = [note] if note else []
-        spec = self._within_budget(handle.spec, messages, max_tokens, thread_id, notes)
+        spec = self._cost_review(handle.spec, messages, max_tokens, thread_id, notes, agent=agent, task=task,
+                                 subtask_id=subtask_id)
+        spec = self._within_budget(spec, messages, max_tokens, thread_id, notes)
         key = cache_key(spec, messages, max_tokens, stop)
         if self.settings.cache_ttl_s > 0 and (hit := self.ledger.cached(key, self.settings.cache_ttl_s)):
             content, t_in, t_out = hit
@@ -234,6 +283,10 @@ class ModelGateway:
                                 tokens_in=t_in, tokens_out=t_out, cost_usd=0.0, latency_ms=0,
                                 subtask_id=subtask_id, cached=True, note="; ".join(notes))
             self.ledger.record(entry, thread_id)
+            metrics.record_model_call(entry)
+            with telemetry.model_call_span(spec, agent=agent, max_tokens=max_tokens, thread_id=thread_id,
+                                           subtask_id=subtask_id, cached=True) as call:
+                call.succeeded(entry)
             return AIMessage(content=content, response_metadata={"cached": True}), entry
 
         candidates = [spec.name, *spec.fallbacks]
@@ -246,28 +299,85 @@ class ModelGateway:
                 errors.append(f"{name}: cooling down after repeated failures")
                 continue
             started = time.monotonic()
-            try:
-                full = await self._stream(self.registry.handle(name, role=agent), messages, max_tokens, stop)
-            except Exception as exc:  # noqa: BLE001 - classified below; unknown kinds re-raise
-                reason = failure_reason(exc)
-                if reason is None:
-                    raise
-                self.breaker.failure(name)
-                errors.append(f"{name}: {reason}")
-                log.warning("model %s failed (%s); %s", name, reason,
-                            "trying fallback" if name != candidates[-1] else "no fallback left")
-                continue
-            self.breaker.success(name)
-            if errors:
-                notes.append("fallback after " + "; ".join(errors))
-            msg, entry = self._account(cand, full, started, agent, task, subtask_id, notes)
+            # one span per provider attempt (a failed one says why; the next is the fallback)
+            with telemetry.model_call_span(cand, agent=agent, max_tokens=max_tokens, thread_id=thread_id,
+                                           subtask_id=subtask_id) as call:
+                try:
+                    full = await self._stream(self.registry.handle(name, role=agent), messages, max_tokens, stop)
+                except Exception as exc:  # noqa: BLE001 - classified below; unknown kinds re-raise
+                    reason = failure_reason(exc)
+                    if reason is None:
+                        raise
+                    call.failed(reason)
+                    self.breaker.failure(name)
+                    errors.append(f"{name}: {reason}")
+                    log.warning("model %s failed (%s); %s", name, reason,
+                                "trying fallback" if name != candidates[-1] else "no fallback left")
+                    continue
+                self.breaker.success(name)
+                if errors:
+                    notes.append("fallback after " + "; ".join(errors))
+                msg, entry = self._account(cand, full, started, agent, task, subtask_id, notes)
+                call.succeeded(entry, full)
             self.ledger.record(entry, thread_id)
+            metrics.record_model_call(entry)
             if self.settings.cache_ttl_s > 0 and not entry.note:
                 self.ledger.store(key, cand.name, str(msg.content), entry.tokens_in, entry.tokens_out)
+            self._shadow(cand, messages, agent=agent, task=task, max_tokens=max_tokens, stop=stop,
+                         subtask_id=subtask_id, champion=entry, thread_id=thread_id)
             return msg, entry
         raise AllModelsFailed(
             f"no model could answer ({'; '.join(errors) or 'none available'}); please try again shortly"
         )
+
+    # --- shadow mode -------------------------------------------------------------------------
+    def _shadow(self, served: ModelSpec, messages: list[BaseMessage], *, agent: str, task: str,
+                max_tokens: int, stop: list[str] | None, subtask_id: str, champion: LedgerEntry,
+                thread_id: str | None) -> None:
+        """If the served tier has a shadow challenger, let it answer a copy in the background.
+
+        The task runs in an empty context (no graph config, no UI callbacks, no parent span), so
+        nothing it does can reach the user; the turn never waits for it; its failures are logged
+        and recorded, never raised. Its cost counts towards the daily budget, not the user's
+        conversation budget."""
+        challenger = self.registry.challenger_for(served.tier, "shadow")
+        if challenger is None or challenger.name == served.name or champion.role != "serve":
+            return
+        coro = self._run_shadow(challenger, list(messages), agent, task, max_tokens, stop, subtask_id,
+                                champion.call_id, thread_id)
+        task_ = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
+        self._shadows.add(task_)
+        task_.add_done_callback(self._shadows.discard)
+
+    async def _run_shadow(self, spec: ModelSpec, messages: list[BaseMessage], agent: str, task: str,
+                          max_tokens: int, stop: list[str] | None, subtask_id: str, shadow_of: str,
+                          thread_id: str | None) -> None:
+        from tools.models import LedgerEntry
+
+        started = time.monotonic()
+        try:
+            full = await self._stream(self.registry.handle(spec.name, role=agent), messages, max_tokens, stop)
+            msg, entry = self._account(spec, full, started, agent, task, subtask_id, [f"shadow of {shadow_of}"])
+            entry.role = "shadow"
+            answer, error = str(msg.content), None
+        except Exception as exc:  # noqa: BLE001 - a shadow never breaks anything; it is recorded
+            entry = LedgerEntry(agent=agent, task=task, model=spec.name, model_version=spec.version, tokens_in=0,
+                                tokens_out=0, cost_usd=0.0, latency_ms=round((time.monotonic() - started) * 1000),
+                                subtask_id=subtask_id, note=f"shadow of {shadow_of}", role="shadow")
+            answer, error = None, f"{type(exc).__name__}: {exc}"
+            log.warning("shadow call to %s failed: %s", spec.name, error)
+        try:
+            self.ledger.record(entry, None)
+            row = {**entry.as_dict(), "error": error}
+            await asyncio.to_thread(self.registry.audit.record_call, row, thread_id=thread_id, role="shadow",
+                                    shadow_of=shadow_of, answer=answer)
+        except Exception:  # noqa: BLE001
+            log.exception("could not record a shadow call to %s", spec.name)
+
+    async def drain_shadows(self, timeout_s: float | None = None) -> None:
+        """Wait for background shadow calls (shutdown, tests, benchmarks)."""
+        if self._shadows:
+            await asyncio.wait(set(self._shadows), timeout=timeout_s)
 
     @staticmethod
     async def _stream(handle: ModelHandle, messages: list[BaseMessage], max_tokens: int,

@@ -7,9 +7,11 @@ into a :class:`LedgerEntry` for the turn's ledger.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,6 +25,7 @@ from switchboard.settings import Settings
 from tools.recording import Cassette, RecordingChatModel
 
 if TYPE_CHECKING:
+    from tools.audit import AuditTrail
     from tools.gateway import ModelGateway
     from tools.tier_router import TierRouter
 
@@ -30,6 +33,7 @@ log = logging.getLogger("switchboard.models")
 
 Tier = Literal["light", "heavy"]
 TierRule = Literal["light", "heavy", "auto"]  # "auto": the tier router decides per subtask
+ESCALATE_POLICY = "escalate"  # a retry after a failed validation: the heavy tier, whatever the rules
 Provider = Literal["llamacpp", "openai", "openai_compatible", "anthropic", "fake"]
 
 
@@ -60,6 +64,22 @@ class ModelSpec(BaseModel):
         return bool(self.requires_env and os.environ.get(self.requires_env))
 
 
+class ChallengerSpec(BaseModel):
+    """A model on trial for a tier: ``ab`` serves it to ``share`` of conversations (sticky per
+    thread); ``shadow`` has it answer a copy of the tier's subtasks in the background, recorded in
+    the audit trail and never shown to the user."""
+
+    model: str
+    mode: Literal["ab", "shadow"]
+    share: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+def ab_bucket(thread_id: str, tier: str) -> float:
+    """A conversation's fixed place in [0, 1) for A/B assignment: deterministic from the thread."""
+    digest = hashlib.sha256(f"switchboard-ab:{tier}:{thread_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 @dataclass
 class LedgerEntry:
     agent: str
@@ -74,6 +94,8 @@ class LedgerEntry:
     cached: bool = False
     subtask_id: str = ""
     note: str = ""
+    role: str = "serve"  # serve | shadow | validate | vote
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -87,9 +109,11 @@ class TierDecision:
     reason: str
     score: float | None = None  # the tier router's P(light model is not enough), when it was asked
     threshold: float | None = None
+    arm: str = "champion"  # "challenger" when an A/B trial served this subtask
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tier": self.tier, "reason": self.reason, "score": self.score, "threshold": self.threshold}
+        return {"tier": self.tier, "reason": self.reason, "score": self.score, "threshold": self.threshold,
+                "arm": self.arm}
 
 
 @dataclass
@@ -110,6 +134,7 @@ class ModelRegistry:
     settings: Settings
     specs: dict[str, ModelSpec]
     policies: dict[str, dict[str, TierRule]]
+    challengers: dict[str, ChallengerSpec] = field(default_factory=dict)
     _cache: dict[tuple[str, str], ModelHandle] = field(default_factory=dict)
     _cassette: Cassette | None = None
 
@@ -125,13 +150,25 @@ class ModelRegistry:
             unknown = [f for f in spec.fallbacks if f not in specs]
             if unknown:
                 raise RegistryError(f"model {spec.name!r} names unknown fallbacks {unknown}")
-        return cls(settings=settings, specs=specs, policies=raw.get("policies") or {})
+        challengers = {t: ChallengerSpec(**body) for t, body in (raw.get("challengers") or {}).items()}
+        for tier, ch in challengers.items():
+            if tier not in ("light", "heavy"):
+                raise RegistryError(f"challengers: {tier!r} is not a tier (light or heavy)")
+            if ch.model not in specs:
+                raise RegistryError(f"challenger for the {tier} tier names unknown model {ch.model!r}")
+        return cls(settings=settings, specs=specs, policies=raw.get("policies") or {}, challengers=challengers)
 
     @cached_property
     def gateway(self) -> ModelGateway:
         from tools.gateway import ModelGateway
 
         return ModelGateway(self)
+
+    @cached_property
+    def audit(self) -> AuditTrail:
+        from tools.audit import AuditTrail
+
+        return AuditTrail.from_settings(self.settings)
 
     @cached_property
     def cassette(self) -> Cassette | None:
@@ -168,6 +205,8 @@ class ModelRegistry:
         called; scoring is one embedding. With no distinct heavy model configured there is
         nothing to choose, so the router is not even asked."""
         policy = policy or self.settings.routing_policy
+        if policy == ESCALATE_POLICY:
+            return TierDecision("heavy", "retry on the heavy tier after the light answer failed validation")
         rule = self.policies.get(policy, {}).get(agent, "light")
         if rule != "auto":
             return TierDecision(rule, f"policy {policy}: {agent} uses the {rule} tier")
@@ -206,7 +245,27 @@ class ModelRegistry:
         """The model for one subtask and the tier decision behind it."""
         decision = self.decide_tier(agent, policy, task, capability)
         spec = self.pick(decision.tier, capability)
+        ab = self.challenger_for(decision.tier, "ab", capability)
+        if ab is not None and ab.name != spec.name:
+            from tools.gateway import current_thread_id
+
+            thread = current_thread_id()
+            share = self.challengers[decision.tier].share
+            if thread and ab_bucket(thread, decision.tier) < share:
+                decision = replace(decision, arm="challenger",
+                                   reason=f"{decision.reason}; A/B trial: {ab.name} serves {share:.0%} of conversations")
+                spec = ab
         return self.handle(spec.name, role=agent), decision
+
+    def challenger_for(self, tier: str, mode: str, capability: str | None = None) -> ModelSpec | None:
+        """The tier's challenger in ``mode``, if one is configured and can be called."""
+        ch = self.challengers.get(tier)
+        if ch is None or ch.mode != mode:
+            return None
+        spec = self.specs[ch.model]
+        if not spec.available() or (capability and capability not in spec.capabilities):
+            return None
+        return spec
 
     def escalation(self, handle: ModelHandle, agent: str, capability: str | None = None) -> ModelHandle | None:
         """The heavy model to escalate to from ``handle`` (cascade), or None if there is none."""
@@ -216,7 +275,7 @@ class ModelRegistry:
 
     def use_chat_model(self, name: str, chat: BaseChatModel, roles: tuple[str, ...] = ()) -> None:
         """Serve ``name`` with a given chat model (fakes in tests and benchmarks)."""
-        for role in roles or ("default", "triage", "sql", "rag", "vision", "general"):
+        for role in roles or ("default", "triage", "sql", "rag", "vision", "general", "validator"):
             self._cache[(name, role)] = ModelHandle(spec=self.specs[name], chat=chat, registry=self)
 
     def handle(self, name: str, role: str = "default") -> ModelHandle:

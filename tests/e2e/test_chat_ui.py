@@ -118,3 +118,27 @@ def test_a_file_that_is_not_an_image_gets_a_clear_message(server, new_page, tmp_
     expect(reply).to_contain_text("broken.png")
     expect(reply).to_contain_text(re.compile(r"corrupt|not an image|cannot"))
     shot(page, "06-bad-upload")
+
+
+def test_thumbs_up_on_an_answer_lands_in_the_audit_trail(server, new_page):
+    """Chainlit's feedback buttons: the answer message's id is its audit answer id, so `switchboard
+    compare` can count users' thumbs per model."""
+    import time
+
+    from tools.audit import AuditTrail
+
+    page = new_page(server)
+    open_chat(page, server.url)
+    reply = ask(page, "How many customers are from Brazil?")
+    reply.hover()
+    page.locator(".positive-feedback-off").last.click()
+    dialog = page.get_by_role("dialog")
+    if dialog.count():
+        dialog.get_by_role("button", name=re.compile("submit", re.I)).click()
+    expect(page.locator(".positive-feedback-on").last).to_be_visible()
+    trail = AuditTrail(f"sqlite:///{server.data_dir / 'audit.sqlite'}")
+    deadline = time.monotonic() + 20  # the data layer writes in a background task
+    while not (votes := trail.feedback()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    answers = {t["answer_id"] for t in trail.turns()}
+    assert [v for a, v in votes.items() if a in answers] == [[1]]
