@@ -7,6 +7,7 @@ articles those passages come from, so two chunks of one article are one source.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -55,7 +56,10 @@ class RAGAgent:
     async def __call__(self, handoff: Handoff) -> dict[str, Any]:
         async with specialist("rag", handoff) as out:
             question = out.subtask["task"]
-            hits = self.services.kb.search(search_query(handoff, question), k=self.top_k, per_source=self.per_article)
+            # off the event loop: embedding + Chroma are blocking, and other conversations' turns wait on it
+            hits = await asyncio.to_thread(
+                self.services.kb.search, search_query(handoff, question), k=self.top_k, per_source=self.per_article
+            )
             out.evidence["retrieved"] = [
                 {"title": h.title, "source": h.source, "url": h.url, "score": round(h.score, 3)} for h in hits
             ]

@@ -13,6 +13,7 @@ demo gets its own notes, any other database a generic description) and shows the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -301,7 +302,7 @@ class SQLAgent:
             try:
                 sql = self._prepare(sql)
                 sensitive = self._sensitive(sql)  # such a query runs only once a reviewer approves it
-                result = None if sensitive else self.services.db.run(sql, max_rows=MAX_ROWS)
+                result = None if sensitive else await asyncio.to_thread(self.services.db.run, sql, max_rows=MAX_ROWS)
             except UnsafeSQL as exc:
                 attempts.append({"model": handle.spec.name, "sql": sql, "error": exc.reason})
                 refused = refused if exc.malformed else exc.reason

@@ -27,6 +27,15 @@ async def test_asking_on_a_thread_with_an_unfinished_turn_finishes_it_first(make
     turn = asyncio.create_task(board.ask("How many customers do we have, and what is your refund policy?",
                                          thread_id="cut"))
     await asyncio.wait_for(rag_started.wait(), 30)
+
+    async def sql_checkpointed():  # the SQL branch finished and its result is saved
+        while True:
+            snap = await board.graph.aget_state({"configurable": {"thread_id": "cut"}})
+            if any(t.name == "sql" and t.result is not None for t in snap.tasks):
+                return
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(sql_checkpointed(), 30)
     turn.cancel()
     await asyncio.gather(turn, return_exceptions=True)
     assert await board.unfinished("cut")
