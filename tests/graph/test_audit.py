@@ -147,3 +147,10 @@ def test_the_trail_works_on_postgresql(tmp_path):
     assert trail.record_turn(build_turn_record(state, thread, 0)) is False
     [rec] = trail.turns(thread=thread)
     assert rec["cost_usd"] == pytest.approx(0.1) and rec["calls"][0]["model"] == "m"
+
+
+def test_percentile_is_nearest_rank():
+    from tools.audit import percentile
+
+    assert percentile([10, 20], 50) == 10 and percentile([10, 20], 95) == 20
+    assert percentile(list(range(1, 101)), 95) == 95 and percentile([], 50) == 0.0
