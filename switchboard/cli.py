@@ -39,11 +39,7 @@ async def _ask(args: argparse.Namespace, settings: Settings) -> int:
         except ReviewPending as exc:
             print(f"error: {exc}: switchboard resume {exc.thread_id} --approve|--reject|--edit SQL", file=sys.stderr)
             return 2
-    if args.json:
-        _print_json(turn.as_json())
-    else:
-        _print_turn(turn)
-    return 0
+    return _show(turn, args)
 
 
 async def _recover(args: argparse.Namespace, settings: Settings) -> int:
@@ -56,6 +52,10 @@ async def _recover(args: argparse.Namespace, settings: Settings) -> int:
         except LookupError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    return _show(turn, args)
+
+
+def _show(turn: Any, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(turn.as_json())
     else:
@@ -107,11 +107,7 @@ async def _resume(args: argparse.Namespace, settings: Settings) -> int:
         except (NoPendingReview, ReviewError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if args.json:
-        _print_json(turn.as_json())
-    else:
-        _print_turn(turn)
-    return 0
+    return _show(turn, args)
 
 
 async def _route(args: argparse.Namespace, settings: Settings) -> int:

@@ -234,40 +234,32 @@ def traced(name: str, fn: Callable[..., Any], *, ends_turn: bool = False) -> Cal
     ``ends_turn`` marks the last node of a turn (``remember``)."""
     target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial) else fn.__call__
 
+    @contextmanager
+    def node_run(args: tuple[Any, ...]) -> Iterator[None]:
+        turn, token = _open_turn(), None
+        try:
+            token = _current_turn.set(turn)
+            with _node_span(name, turn, args):
+                yield
+        except BaseException as exc:
+            _fail(turn, exc)
+            raise
+        finally:
+            if token is not None:
+                _current_turn.reset(token)
+        if ends_turn and turn is not None:
+            _finish(turn, error=None)
+
     if inspect.iscoroutinefunction(target):
         @functools.wraps(target)
         async def node(*args, **kwargs):
-            turn, token = _open_turn(), None
-            try:
-                token = _current_turn.set(turn)
-                with _node_span(name, turn, args):
-                    result = await target(*args, **kwargs)
-            except BaseException as exc:
-                _fail(turn, exc)
-                raise
-            finally:
-                if token is not None:
-                    _current_turn.reset(token)
-            if ends_turn and turn is not None:
-                _finish(turn, error=None)
-            return result
+            with node_run(args):
+                return await target(*args, **kwargs)
     else:
         @functools.wraps(target)
         def node(*args, **kwargs):
-            turn, token = _open_turn(), None
-            try:
-                token = _current_turn.set(turn)
-                with _node_span(name, turn, args):
-                    result = target(*args, **kwargs)
-            except BaseException as exc:
-                _fail(turn, exc)
-                raise
-            finally:
-                if token is not None:
-                    _current_turn.reset(token)
-            if ends_turn and turn is not None:
-                _finish(turn, error=None)
-            return result
+            with node_run(args):
+                return target(*args, **kwargs)
 
     return node
 
