@@ -733,11 +733,20 @@ async def on_message(message: cl.Message) -> None:
     thread_id = cl.context.session.thread_id
     policy = _valid_policy(cl.user_session.get("policy"))
     config = {"configurable": {"thread_id": thread_id}}
-    if pending := review.pending_reviews(await graph.aget_state(config)):  # a paused turn is decided first
+    snapshot = await graph.aget_state(config)
+    if pending := review.pending_reviews(snapshot):  # a paused turn is decided first
         await cl.Message(content="This conversation is waiting for review: approve, edit or reject the request "
                                  "below, then ask again.").send()
         await send_review(thread_id, pending)
         return
+    if snapshot.next:  # a turn that a crash or restart cut off: finish it from its checkpoint first
+        await cl.Message(content="First, the answer to your previous question, which was interrupted:").send()
+        earlier = TurnView()
+        earlier_policy = _valid_policy((snapshot.values.get("turn_meta") or {}).get("policy") or policy)
+        if await stream_turn(graph, None, config, earlier_policy, earlier):
+            await conclude_turn(graph, config, earlier)
+        if review.pending_reviews(await graph.aget_state(config)):
+            return  # the finished turn paused for review: its buttons are shown
     view = TurnView()
 
     attachment = pick_attachment(message.elements)
