@@ -38,7 +38,7 @@ from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.input_widget import Select
 from langgraph.types import Command
 
-from graphs.state import Context
+from graphs.state import Context, turn_policy
 from graphs.support import build_support_graph, turn_input
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
@@ -742,7 +742,7 @@ async def on_message(message: cl.Message) -> None:
     if snapshot.next:  # a turn that a crash or restart cut off: finish it from its checkpoint first
         await cl.Message(content="First, the answer to your previous question, which was interrupted:").send()
         earlier = TurnView()
-        earlier_policy = _valid_policy((snapshot.values.get("turn_meta") or {}).get("policy") or policy)
+        earlier_policy = _valid_policy(turn_policy(snapshot.values, policy))
         if await stream_turn(graph, None, config, earlier_policy, earlier):
             await conclude_turn(graph, config, earlier)
         if review.pending_reviews(await graph.aget_state(config)):
@@ -890,6 +890,6 @@ async def on_review(action: cl.Action) -> None:
                              + (f"\n```sql\n{decision['sql']}\n```" if decision.get("sql") else "")).send()
     view = TurnView()
     view.skip = {t.id for t in snapshot.tasks if t.result is not None and not t.interrupts}
-    policy = (snapshot.values.get("turn_meta") or {}).get("policy") or _valid_policy(cl.user_session.get("policy"))
+    policy = turn_policy(snapshot.values, _valid_policy(cl.user_session.get("policy")))
     if await stream_turn(graph, Command(resume=values), config, policy, view):
         await conclude_turn(graph, config, view)

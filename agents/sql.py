@@ -213,6 +213,14 @@ class SQLAgent:
         log.info("sql: escalating from %s to %s: %s", handle.spec.name, heavy.spec.name, reason)
         return heavy
 
+    @staticmethod
+    def _escalation_note(handle: ModelHandle, out: Outcome) -> str:
+        """The ledger note of a call made on the model this subtask escalated to."""
+        for esc in out.evidence.get("escalations") or []:
+            if esc["to"] == handle.spec.name:
+                return f"escalated from {esc['from']}: {esc['reason']}"
+        return ""
+
     async def __call__(self, handoff: Handoff) -> dict[str, Any]:
         async with specialist("sql", handoff) as out:
             await self._answer(handoff, out)
@@ -286,11 +294,9 @@ class SQLAgent:
         for attempt in range(MAX_ATTEMPTS):
             if attempt and attempts[-1]["error"] and not refused:
                 handle = self._escalate(handle, f"the light model's query failed: {attempts[-1]['error']}", out)
-            escalated = out.evidence.get("escalations") or []
             reply, entry = await call_model(
                 handle, msgs, agent="sql", task=question, max_tokens=160, subtask_id=out.subtask["id"],
-                note=f"escalated from {escalated[0]['from']}: {escalated[0]['reason']}"
-                if escalated and handle.spec.name == escalated[0]["to"] else "",
+                note=self._escalation_note(handle, out),
             )
             out.evidence["model"] = handle.spec.name
             out.ledger.append(entry)

@@ -83,6 +83,12 @@ class SupportState(TypedDict, total=False):
     entities: dict[str, str]
 
 
+def turn_policy(values: dict[str, Any], default: str) -> str:
+    """The routing policy the thread's current turn started under (a resumed or recovered turn
+    keeps it), else ``default``."""
+    return (values.get("turn_meta") or {}).get("policy") or default
+
+
 @dataclass
 class Context:
     """Per-run settings passed with ``context=`` (not checkpointed)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from langgraph.types import Command
 
-from graphs.state import Context
+from graphs.state import Context, turn_policy
 from graphs.support import build_support_graph, turn_input
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
@@ -147,18 +147,28 @@ class Switchboard:
         set (continue it with :meth:`resume`); asking again on a paused thread raises
         :class:`ReviewPending`. A turn that a crash left part-way is finished first (its answer
         goes into the conversation and the audit trail), so no question is silently dropped."""
-        if thread_id and (pending := await self.pending_reviews(thread_id)):
-            raise ReviewPending(thread_id, pending)
-        if thread_id and await self.unfinished(thread_id):
-            log.warning("thread %s has an unfinished turn (crash?): finishing it before the new one", thread_id)
-            await self.recover(thread_id)
+        if thread_id:
+            snapshot = await self.graph.aget_state(_config(thread_id))
+            if pending := review.pending_reviews(snapshot):
+                raise ReviewPending(thread_id, pending)
+            if _cut_off(snapshot):
+                log.warning("thread %s has an unfinished turn (crash?): finishing it before the new one", thread_id)
+                await self._continue(snapshot, thread_id, None)
         thread_id = thread_id or uuid.uuid4().hex
         started = time.monotonic()
         state = await self.graph.ainvoke(
             turn_input(question, str(image) if image else None),
-            config={"configurable": {"thread_id": thread_id}},
+            config=_config(thread_id),
             context=Context(policy=policy or self.services.settings.routing_policy),
         )
+        return await self._turn_result(state, thread_id, started)
+
+    async def _continue(self, snapshot: Any, thread_id: str, graph_input: Any) -> TurnResult:
+        """Run a stopped turn on from its checkpoint -- a reviewer's ``Command``, or ``None`` after
+        a crash -- under the routing policy it started with."""
+        policy = turn_policy(snapshot.values, self.services.settings.routing_policy)
+        started = time.monotonic()
+        state = await self.graph.ainvoke(graph_input, config=_config(thread_id), context=Context(policy=policy))
         return await self._turn_result(state, thread_id, started)
 
     # --- human review (tools/review.py): a turn paused by interrupt() -------------------------
@@ -166,8 +176,7 @@ class Switchboard:
         """What the thread's paused turn waits for: ``[{"id": interrupt id, "kind", "question", ...}]``
         (``sensitive_sql``: ``sql``, ``columns``; ``cost``: ``model``, ``estimate_usd``, ``spent_usd``,
         ``limit_usd``); empty when nothing is paused."""
-        snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
-        return review.pending_reviews(snapshot)
+        return review.pending_reviews(await self.graph.aget_state(_config(thread_id)))
 
     async def resume(self, thread_id: str, decision: dict[str, Any] | str = "approve", *,
                      interrupt_id: str | None = None) -> TurnResult:
@@ -178,21 +187,17 @@ class Switchboard:
         ``{interrupt id: decision}``. It applies to ``interrupt_id``'s review, else to every pending
         one (an edit needs exactly one). The turn may pause again (another review) or finish.
         Raises :class:`NoPendingReview` if nothing waits, :class:`ReviewError` for a bad decision."""
-        config = {"configurable": {"thread_id": thread_id}}
-        snapshot = await self.graph.aget_state(config)
+        snapshot = await self.graph.aget_state(_config(thread_id))
         pending = review.pending_reviews(snapshot)
         if not pending:
             raise NoPendingReview(f"conversation {thread_id!r} has no turn waiting for review")
         values = review.resume_map(pending, decision, interrupt_id)
-        policy = (snapshot.values.get("turn_meta") or {}).get("policy") or self.services.settings.routing_policy
-        started = time.monotonic()
-        state = await self.graph.ainvoke(Command(resume=values), config=config, context=Context(policy=policy))
-        return await self._turn_result(state, thread_id, started)
+        return await self._continue(snapshot, thread_id, Command(resume=values))
 
     async def _turn_result(self, state: dict[str, Any], thread_id: str, started: float) -> TurnResult:
         pending: list[dict[str, Any]] = []
         if "__interrupt__" in state:  # paused: the values are the last checkpoint's, not an answer
-            snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
+            snapshot = await self.graph.aget_state(_config(thread_id))
             pending = review.pending_reviews(snapshot)
             state = dict(snapshot.values)
         return TurnResult(
@@ -219,8 +224,7 @@ class Switchboard:
 
         True when its last checkpoint still has nodes to run and none of them waits on a human
         (``interrupt()``): a paused turn is resumed with a decision, not recovered."""
-        snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
-        return bool(snapshot.next) and not snapshot.interrupts
+        return _cut_off(await self.graph.aget_state(_config(thread_id)))
 
     async def recover(self, thread_id: str) -> TurnResult:
         """Finish a turn that stopped part-way, from its last checkpoint (LangGraph input ``None``).
@@ -228,11 +232,16 @@ class Switchboard:
         Only unfinished work runs again: a specialist whose result was checkpointed before the
         crash (a pending write of the interrupted step) is not called again, and the turn's audit
         record is written once. Raises LookupError if the thread has no unfinished turn."""
-        config = {"configurable": {"thread_id": thread_id}}
-        snapshot = await self.graph.aget_state(config)
-        if not snapshot.next or snapshot.interrupts:
+        snapshot = await self.graph.aget_state(_config(thread_id))
+        if not _cut_off(snapshot):
             raise LookupError(f"thread {thread_id!r} has no unfinished turn to recover")
-        policy = (snapshot.values.get("turn_meta") or {}).get("policy") or self.services.settings.routing_policy
-        started = time.monotonic()
-        state = await self.graph.ainvoke(None, config=config, context=Context(policy=policy))
-        return await self._turn_result(state, thread_id, started)  # it may pause for review, too
+        return await self._continue(snapshot, thread_id, None)  # it may pause for review, too
+
+
+def _config(thread_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": thread_id}}
+
+
+def _cut_off(snapshot: Any) -> bool:
+    """The last checkpoint still has nodes to run and none waits on a human: a crash cut it off."""
+    return bool(snapshot.next) and not snapshot.interrupts

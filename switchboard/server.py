@@ -52,7 +52,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -67,6 +67,7 @@ from tools import metrics
 from tools.images import MAX_BYTES as MAX_IMAGE_BYTES
 
 log = logging.getLogger("switchboard.server")
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 CONVERSATION_HEADER = "X-Conversation-Id"
 DEFAULT_MODEL = "switchboard"
@@ -255,6 +256,11 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    return parse_body(body, ChatCompletionRequest)
+
+
+def parse_body(body: bytes, model: type[BodyT]) -> BodyT:
+    """A JSON request body as ``model``; every way it can be wrong is a 400 in OpenAI's shape."""
     try:
         payload = json.loads(body)
     except UnicodeDecodeError as exc:
@@ -265,7 +271,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     if not isinstance(payload, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_request_body")
     try:
-        return ChatCompletionRequest.model_validate(payload)
+        return model.model_validate(payload)
     except ValidationError as exc:
         message, param = _validation_message(exc)
         raise APIError(400, message, code="invalid_request_body", param=param) from exc
@@ -567,20 +573,6 @@ class ReviewRequest(BaseModel):
     interrupt_id: str | None = None  # which review, when several are pending (default: all)
 
 
-def parse_review_request(body: bytes) -> ReviewRequest:
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise APIError(400, "The request body is not valid UTF-8 JSON.", code="invalid_json") from exc
-    if not isinstance(payload, dict):
-        raise APIError(400, "The request body must be a JSON object.", code="invalid_request_body")
-    try:
-        return ReviewRequest.model_validate(payload)
-    except ValidationError as exc:
-        message, param = _validation_message(exc)
-        raise APIError(400, message, code="invalid_request_body", param=param) from exc
-
-
 def review_pending_error(exc: ReviewPending) -> APIError:
     return APIError(409, f"Conversation {exc.thread_id!r} is waiting for review: decide it with POST "
                     f"/v1/threads/{exc.thread_id}/review before sending another message.", code="review_pending")
@@ -730,7 +722,7 @@ def create_app(
     @app.post("/v1/threads/{thread_id}/review", dependencies=authed)
     async def post_review(thread_id: str, request: Request) -> JSONResponse:
         conversation = valid_conversation_id(thread_id, "thread_id")
-        decision = parse_review_request(await read_limited_body(request, server.max_request_bytes))
+        decision = parse_body(await read_limited_body(request, server.max_request_bytes), ReviewRequest)
         board: Switchboard = request.app.state.board
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         async with request.app.state.locks.get(conversation):

@@ -132,7 +132,9 @@ def parse_since(value: str, now: float | None = None) -> float:
 
 
 @dataclass
-class TurnRecord:
+class AuditRecord:
+    """One turn's decision record (not graphs.state.TurnRecord, the summary line of a turn)."""
+
     turn_id: str
     thread_id: str
     ts: float
@@ -152,13 +154,8 @@ class TurnRecord:
     answer_id: str
     calls: list[dict[str, Any]]
 
-    def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["time"] = datetime.fromtimestamp(self.ts, UTC).isoformat(timespec="seconds")
-        return d
 
-
-def build_turn_record(state: dict[str, Any], thread_id: str, turn_index: int, now: float | None = None) -> TurnRecord:
+def build_turn_record(state: dict[str, Any], thread_id: str, turn_index: int, now: float | None = None) -> AuditRecord:
     """The decision record of the turn in ``state`` (the graph state after synthesis)."""
     now = time.time() if now is None else now
     meta = state.get("turn_meta") or {}
@@ -178,7 +175,7 @@ def build_turn_record(state: dict[str, Any], thread_id: str, turn_index: int, no
         })
     calls = [_call_row(e) for e in ledger]
     started = meta.get("started_at") or now
-    return TurnRecord(
+    return AuditRecord(
         turn_id=turn_id_for(thread_id, turn_index), thread_id=thread_id, ts=float(started),
         turn_index=turn_index, policy=meta.get("policy", ""), question=_redact(state.get("question", "")),
         subtasks=subtasks,
@@ -228,7 +225,7 @@ class AuditTrail:
         return cls(audit_url(settings))
 
     # --- writing -----------------------------------------------------------------------------
-    def record_turn(self, record: TurnRecord) -> bool:
+    def record_turn(self, record: AuditRecord) -> bool:
         """Store a turn and its calls in one transaction; False if it was already recorded."""
         row = {k: v for k, v in record.__dict__.items() if k != "calls"}
         row["subtasks"] = json.dumps(record.subtasks, ensure_ascii=False, default=str)
@@ -312,10 +309,6 @@ class AuditTrail:
         """Per model and per agent: calls, cost, p50/p95 latency, escalation rate (served calls)."""
         calls = [c for c in self.calls(since=since) if c["role"] in ("serve", "validate", "vote")]
         return {"model": _group(calls, "model"), "agent": _group(calls, "agent")}
-
-    def count_turns(self) -> int:
-        with self.engine.connect() as conn:
-            return len(conn.execute(select(turns_table.c.turn_id)).all())
 
 
 def _chunks(items: list[str], n: int) -> Iterable[list[str]]:

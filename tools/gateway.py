@@ -200,13 +200,16 @@ class ModelGateway:
 
     # --- budgets ---------------------------------------------------------------------------
     def _over_budget(self, spec: ModelSpec, est: float, thread_id: str | None) -> str | None:
-        limits = [("conversation", self.settings.budget_conversation_usd,
-                   self.ledger.spent(thread_id=thread_id) if thread_id else 0.0, thread_id or "")]
         today = _day(time.time())
-        limits.append(("daily", self.settings.budget_day_usd, self.ledger.spent(day=today), today))
-        for label, limit, spent, key in limits:
-            if limit is None:
+        limits = [("conversation", self.settings.budget_conversation_usd, thread_id or ""),
+                  ("daily", self.settings.budget_day_usd, today)]
+        for label, limit, key in limits:
+            if limit is None:  # no budget: no ledger query on this hot path
                 continue
+            if label == "conversation":
+                spent = self.ledger.spent(thread_id=thread_id) if thread_id else 0.0
+            else:
+                spent = self.ledger.spent(day=today)
             if spent >= 0.8 * limit and f"{label}:{key}" not in self._alerted:
                 self._alerted.add(f"{label}:{key}")
                 log.warning("budget alert: %s spending $%.4f is %.0f%% of $%.2f", label, spent, 100 * spent / limit, limit)
@@ -220,9 +223,8 @@ class ModelGateway:
         problem = self._over_budget(spec, est, thread_id)
         if problem is None:
             return spec
-        if spec.tier == "heavy":
-            light = self.registry.pick("light")
-            if light.tier == "light" and self._over_budget(
+        if (light := self.registry.light_instead(spec)) is not None:
+            if self._over_budget(
                 light, light.cost(estimate_tokens(messages), max_tokens), thread_id
             ) is None:
                 notes.append(f"budget: {spec.name} -> {light.name} ({problem})")
@@ -248,8 +250,7 @@ class ModelGateway:
         spent = self.ledger.spent(thread_id=thread_id)
         if spent + est <= limit or not review.reviewable():
             return spec
-        light = self.registry.pick("light")
-        light = light if light.tier == "light" and light.name != spec.name else None
+        light = self.registry.light_instead(spec)
         decision = _COST_DECISION.get()
         if decision is None:  # LangGraph re-runs a resumed node: this returns the reviewer's answer
             subtask = {"id": subtask_id, "agent": agent, "task": task}

@@ -181,9 +181,6 @@ class ModelRegistry:
     def available(self) -> list[ModelSpec]:
         return [s for s in self.specs.values() if s.available()]
 
-    def tier_for(self, agent: str, policy: str | None = None, task: str | None = None) -> Tier:
-        return self.decide_tier(agent, policy, task).tier
-
     @cached_property
     def tier_router(self) -> TierRouter:
         from tools.tier_router import TierRouter
@@ -266,6 +263,13 @@ class ModelRegistry:
         if not spec.available() or (capability and capability not in spec.capabilities):
             return None
         return spec
+
+    def light_instead(self, spec: ModelSpec) -> ModelSpec | None:
+        """The light-tier model to use instead of heavy ``spec`` (budget, a reviewer's "no"), if any."""
+        if spec.tier != "heavy":
+            return None
+        light = self.pick("light")
+        return light if light.tier == "light" and light.name != spec.name else None
 
     def escalation(self, handle: ModelHandle, agent: str, capability: str | None = None) -> ModelHandle | None:
         """The heavy model to escalate to from ``handle`` (cascade), or None if there is none."""

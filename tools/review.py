@@ -29,6 +29,8 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
+from tools.sql_guard import lookup_source
+
 log = logging.getLogger("switchboard.review")
 
 SENSITIVE_SQL = "sensitive_sql"
@@ -189,15 +191,6 @@ def _table_sources(scope: Scope) -> dict[str, exp.Table]:
             if isinstance(source, exp.Table)}
 
 
-def _qualified_source(scope: Scope | None, qualifier: str) -> exp.Table | Scope | None:
-    while scope is not None:
-        for alias, source in scope.sources.items():
-            if alias.lower() == qualifier:
-                return source
-        scope = scope.parent
-    return None
-
-
 def sensitive_reads(sql: str, column_map: Mapping[str, Iterable[str]], sensitive: Iterable[str],
                     dialect: str = "sqlite") -> list[str]:
     """The configured sensitive columns (``"Table.Column"``) that ``sql`` reads, sorted.
@@ -229,7 +222,7 @@ def sensitive_reads(sql: str, column_map: Mapping[str, Iterable[str]], sensitive
                     for table in _table_sources(scope).values():
                         whole(table)
                 elif isinstance(projection, exp.Column) and projection.is_star and projection.table:
-                    source = _qualified_source(scope, projection.table.lower())
+                    source = lookup_source(scope, projection.table.lower())[1]
                     if isinstance(source, exp.Table):
                         whole(source)
         for column in scope.columns:
@@ -237,7 +230,7 @@ def sensitive_reads(sql: str, column_map: Mapping[str, Iterable[str]], sensitive
                 continue
             name = column.name.lower()
             if column.table:
-                source = _qualified_source(scope, column.table.lower())
+                source = lookup_source(scope, column.table.lower())[1]
                 if isinstance(source, exp.Table) and (label := marked.get(source.name.lower(), {}).get(name)):
                     found.add(label)
                 continue

@@ -331,7 +331,7 @@ def _source_columns(source: object, schema: Mapping[str, set[str]]) -> set[str] 
     return None
 
 
-def _lookup_source(scope: Scope | None, name: str) -> tuple[bool, object]:
+def lookup_source(scope: Scope | None, name: str) -> tuple[bool, object]:
     """Find a table alias in this scope or an enclosing one (correlated subqueries)."""
     while scope is not None:
         for key, source in scope.sources.items():
@@ -369,7 +369,7 @@ def _check_qualified(
     display_tables: Mapping[str, str],
 ) -> str | None:
     qualifier = column.table.lower()
-    found, source = _lookup_source(scope, qualifier)
+    found, source = lookup_source(scope, qualifier)
     if not found:
         return f"unknown table or alias {column.table!r} in {column.sql()}"
     columns = _source_columns(source, schema)
