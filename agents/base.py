@@ -13,6 +13,7 @@ from langgraph.errors import GraphBubbleUp, is_invalid_resume
 
 from graphs.state import AgentResult, Handoff
 from tools import telemetry
+from tools.local_llm import LocalRuntimeUnavailable
 from tools.models import LedgerEntry
 from tools.recording import MissingRecording
 
@@ -94,6 +95,10 @@ async def specialist(agent: str, handoff: Handoff) -> AsyncIterator[Outcome]:
     except GraphBubbleUp:  # an interrupt (human review): the turn pauses and the node re-runs on resume
         paused = True
         raise
+    except LocalRuntimeUnavailable as exc:  # its message names the cause and the fix: pass it on as is
+        log.error("%s specialist: %s", agent, exc)
+        out.fail(str(exc), error=f"{exc.code}: {exc}")
+        out.evidence["error_code"] = exc.code
     except Exception as exc:  # noqa: BLE001 - the node boundary: record, explain, keep the turn
         if is_invalid_resume(exc):  # a malformed review decision: LangGraph keeps the interrupt pending
             paused = True

@@ -21,6 +21,8 @@ def compose(subtasks: list[dict[str, Any]], results: list[AgentResult]) -> str:
         return "I could not work out what to do with that message. Could you rephrase it?"
     if len(ordered) == 1:
         return ordered[0]["answer"]
+    if all(not r["ok"] for r in ordered) and len({r["answer"] for r in ordered}) == 1:
+        return ordered[0]["answer"]  # one outage failed every part (the local runtime, say): say it once
     tasks = [r["task"] for r in ordered]
     parts = []
     for r in ordered:

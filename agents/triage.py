@@ -15,7 +15,9 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 from agents import prompts
 from graphs.state import Subtask
+from tools.gateway import AllModelsFailed
 from tools.intent import IntentClassifier, Prediction, RouteConfig
+from tools.local_llm import LocalRuntimeUnavailable
 from tools.models import LedgerEntry, ModelHandle, ModelRegistry, call_model
 
 log = logging.getLogger("switchboard.triage")
@@ -125,11 +127,18 @@ class Triage:
                     reason = (f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); "
                               f"vote chose {route} ({tally})")
                 elif self.use_llm:
-                    route, entry = await self._ask_llm(clause, has_image, policy)
-                    ledger.append(entry)
-                    llm_calls += 1
-                    asked = True
-                    reason = f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); LLM chose {route}"
+                    try:
+                        route, entry = await self._ask_llm(clause, has_image, policy)
+                    except (AllModelsFailed, LocalRuntimeUnavailable) as exc:
+                        # routing degrades to the classifier's guess; the specialist reports the outage
+                        log.warning("triage LLM unavailable (%s): keeping the classifier's guess", exc)
+                        reason = (f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); "
+                                  f"LLM unavailable, kept the classifier's {route}")
+                    else:
+                        ledger.append(entry)
+                        llm_calls += 1
+                        asked = True
+                        reason = f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); LLM chose {route}"
                 else:
                     route = "general"
                     reason = f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); no LLM: general"

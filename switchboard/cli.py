@@ -58,8 +58,11 @@ async def _recover(args: argparse.Namespace, settings: Settings) -> int:
 def _show(turn: Any, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(turn.as_json())
-    else:
+    elif not turn.error:
         _print_turn(turn)
+    if turn.error:  # nothing could be answered (the local runtime failed its self-check, say)
+        print(f"error: {turn.error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -172,6 +175,9 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
         for q in DEMO_QUESTIONS:
             print(f"\n> {q}")
             turn = await sb.ask(q, thread_id=thread)
+            if turn.error:
+                print(f"error: {turn.error}", file=sys.stderr)
+                return 1
             _print_turn(turn)
     return 0
 

@@ -61,7 +61,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from switchboard.api import NoPendingReview, ReviewError, ReviewPending, Switchboard, TurnResult, report_subtasks
+from switchboard.api import (
+    RUNTIME_UNAVAILABLE,
+    NoPendingReview,
+    ReviewError,
+    ReviewPending,
+    Switchboard,
+    TurnResult,
+    report_subtasks,
+)
 from switchboard.settings import Settings
 from tools import metrics
 from tools.images import MAX_BYTES as MAX_IMAGE_BYTES
@@ -492,6 +500,11 @@ async def stream_turn(task: asyncio.Task[TurnResult], completion_id: str, model:
         yield "data: [DONE]\n\n"
         return
     result = task.result()
+    if result.error:  # no model could run: an error event in OpenAI's shape, with the cause and the fix
+        yield _sse({"error": {"message": result.error, "type": "server_error", "param": None,
+                              "code": RUNTIME_UNAVAILABLE}})
+        yield "data: [DONE]\n\n"
+        return
     for piece in re.findall(r"\S+\s*|\s+", result.answer):
         yield _sse(_chunk(completion_id, model, {"content": piece}))
     final = _chunk(completion_id, model, {}, "stop")
@@ -688,6 +701,8 @@ def create_app(
             except Exception as exc:  # answered here, not by the last-resort handler: the connection stays usable
                 log.exception("turn %s failed", turn.completion_id)
                 raise APIError(500, TURN_FAILED, type="server_error", code="internal_error") from exc
+            if result.error:  # no model could run (the local runtime failed its self-check): say why
+                raise APIError(503, result.error, type="server_error", code=RUNTIME_UNAVAILABLE, headers=headers)
             return JSONResponse(completion_body(result, turn.completion_id, turn.model), headers=headers)
         # the turn runs as its own task: a client that disconnects mid-stream does not cut a turn
         # (and its checkpoint) in half

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     local_gguf: Path | None = None
     local_threads: int = 2
     local_ctx: int = 4096
+    # The local runtime's self-check (a child process loads the model and writes two tokens before
+    # this process first uses it; cached per build): how long it may take.
+    local_check_timeout_s: float = 180.0
 
     # Record/replay of model calls (tests): off in production.
     record_mode: RecordMode = "off"

@@ -73,6 +73,10 @@ def failure_reason(exc: BaseException) -> str | None:
     import httpx
     import openai
 
+    from tools.local_llm import LocalRuntimeUnavailable
+
+    if isinstance(exc, LocalRuntimeUnavailable):
+        return "local runtime unavailable (its self-check failed)"
     if isinstance(exc, openai.RateLimitError):
         return "rate limited (429)"
     if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
@@ -292,7 +296,8 @@ class ModelGateway:
 
         candidates = [spec.name, *spec.fallbacks]
         errors: list[str] = []
-        for name in candidates:
+        runtime_error: Exception | None = None  # the local runtime's own message says how to fix it
+        for name in candidates:  # grows when the local runtime is down (below)
             cand = self.registry.specs[name]
             if not cand.available():
                 continue
@@ -310,7 +315,15 @@ class ModelGateway:
                     if reason is None:
                         raise
                     call.failed(reason)
-                    self.breaker.failure(name)
+                    if getattr(exc, "code", None) == "local_runtime_unavailable":
+                        runtime_error = exc  # remembered per process already: no breaker needed
+                        # hosted models, if configured, still serve: same tier first
+                        others = sorted((s for s in self.registry.available()
+                                         if s.provider != "llamacpp" and s.name not in candidates),
+                                        key=lambda s: s.tier != cand.tier)
+                        candidates.extend(s.name for s in others)
+                    else:
+                        self.breaker.failure(name)
                     errors.append(f"{name}: {reason}")
                     log.warning("model %s failed (%s); %s", name, reason,
                                 "trying fallback" if name != candidates[-1] else "no fallback left")
@@ -327,6 +340,8 @@ class ModelGateway:
             self._shadow(cand, messages, agent=agent, task=task, max_tokens=max_tokens, stop=stop,
                          subtask_id=subtask_id, champion=entry, thread_id=thread_id)
             return msg, entry
+        if runtime_error is not None:
+            raise runtime_error
         raise AllModelsFailed(
             f"no model could answer ({'; '.join(errors) or 'none available'}); please try again shortly"
         )

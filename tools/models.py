@@ -336,9 +336,13 @@ class _LazyLocal(BaseChatModel):
 
     @cached_property
     def _model(self) -> BaseChatModel:
-        from tools.local_llm import ChatLocalLlama, assemble_packaged_gguf
+        from tools.local_llm import ChatLocalLlama, assemble_packaged_gguf, check_runtime
 
         path = self.settings.local_gguf or assemble_packaged_gguf(self.settings.model_cache_dir)
+        # A runtime that would die by a signal here fails its check in a child process instead,
+        # with an error that names the fix (LocalRuntimeUnavailable); this process lives on.
+        check_runtime(path, n_threads=self.settings.local_threads, cache_dir=self.settings.model_cache_dir,
+                      timeout_s=self.settings.local_check_timeout_s)
         return ChatLocalLlama(
             model_path=str(path),
             model_name=self.spec.model,

@@ -56,10 +56,11 @@ def _port_open(port: int) -> bool:
 class ChainlitServer:
     """``chainlit run app.py`` in a subprocess, on a free port, with its own data dir."""
 
-    def __init__(self, cassette: str, data_dir: Path, log_dir: Path, extra_env: dict[str, str] | None = None):
-        self.cassette = CASSETTES / f"{cassette}.yaml"
+    def __init__(self, cassette: str | None, data_dir: Path, log_dir: Path, extra_env: dict[str, str] | None = None):
+        """``cassette=None``: no recording, the models run for real (or as ``extra_env`` makes them)."""
+        self.cassette = CASSETTES / f"{cassette}.yaml" if cassette else None
         self.data_dir = data_dir
-        self.log_path = log_dir / f"server-{cassette}-{int(time.time() * 1000)}.log"
+        self.log_path = log_dir / f"server-{cassette or 'live'}-{int(time.time() * 1000)}.log"
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -69,7 +70,7 @@ class ChainlitServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ChainlitServer:
-        if RECORD_MODE == "replay" and not self.cassette.exists():
+        if self.cassette is not None and RECORD_MODE == "replay" and not self.cassette.exists():
             pytest.fail(f"no cassette {self.cassette}; record it with SWITCHBOARD_RECORD_MODE=record")
         env = {
             k: v
@@ -80,8 +81,8 @@ class ChainlitServer:
         # `chainlit run` reads env CI as its --ci flag, which then sets a fake OpenAI key.
         env.update(
             {
-                "SWITCHBOARD_RECORD_MODE": RECORD_MODE,
-                "SWITCHBOARD_CASSETTE_PATH": str(self.cassette),
+                "SWITCHBOARD_RECORD_MODE": RECORD_MODE if self.cassette else "off",
+                **({"SWITCHBOARD_CASSETTE_PATH": str(self.cassette)} if self.cassette else {}),
                 "SWITCHBOARD_DATA_DIR": str(self.data_dir),
                 "ANONYMIZED_TELEMETRY": "False",
                 "PYTHONUNBUFFERED": "1",
