@@ -40,6 +40,7 @@ from langgraph.types import Command
 
 from graphs.state import Context, turn_policy
 from graphs.support import build_support_graph, turn_input
+from switchboard.api import RUNTIME_UNAVAILABLE, RecoveryGuard
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
@@ -740,13 +741,22 @@ async def on_message(message: cl.Message) -> None:
         await send_review(thread_id, pending)
         return
     if snapshot.next:  # a turn that a crash or restart cut off: finish it from its checkpoint first
-        await cl.Message(content="First, the answer to your previous question, which was interrupted:").send()
-        earlier = TurnView()
-        earlier_policy = _valid_policy(turn_policy(snapshot.values, policy))
-        if await stream_turn(graph, None, config, earlier_policy, earlier):
-            await conclude_turn(graph, config, earlier)
-        if review.pending_reviews(await graph.aget_state(config)):
-            return  # the finished turn paused for review: its buttons are shown
+        guard = RecoveryGuard(graph, SERVICES)
+        if not await guard.may_try(snapshot, thread_id):  # it already failed to finish: never loop into it
+            closed = await guard.close_failed(snapshot, thread_id, "it stopped part-way again when it was retried")
+            await cl.Message(content=closed).send()
+        else:
+            await cl.Message(content="First, the answer to your previous question, which was interrupted:").send()
+            earlier = TurnView()
+            earlier_policy = _valid_policy(turn_policy(snapshot.values, policy))
+            if await stream_turn(graph, None, config, earlier_policy, earlier):
+                await conclude_turn(graph, config, earlier)
+            else:  # it failed again: close it, keeping what its finished parts found, and answer the new one
+                closed = await guard.close_failed(await graph.aget_state(config), thread_id,
+                                                  "it failed again when it was retried")
+                await cl.Message(content=closed).send()
+            if review.pending_reviews(await graph.aget_state(config)):
+                return  # the finished turn paused for review: its buttons are shown
     view = TurnView()
 
     attachment = pick_attachment(message.elements)
@@ -796,7 +806,16 @@ async def conclude_turn(graph: Any, config: dict[str, Any], view: TurnView) -> N
     if pending := review.pending_reviews(state):
         await send_review(config["configurable"]["thread_id"], pending)
         return
-    ledger = (state.values or {}).get("ledger") or []
+    values = state.values or {}
+    results = values.get("results") or []
+    if results and not any(r.get("ok") for r in results):
+        runtime = [r for r in results if (r.get("evidence") or {}).get("error_code") == RUNTIME_UNAVAILABLE]
+        if runtime:  # no model could run: an error message with the cause and the fix, not an answer
+            if view.reply is not None:
+                await view.reply.remove()
+            await cl.ErrorMessage(content=runtime[0]["answer"]).send()
+            return
+    ledger = values.get("ledger") or []
     if view.reply is None:  # synthesis always answers; this is only a guard
         await view.answer((state.values or {}).get("answer", ""))
     cost = round(sum(e.get("cost_usd", 0.0) for e in ledger), 8)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -18,17 +19,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from langchain_core.messages import AIMessage
 from langgraph.types import Command
 
+from agents.synthesis import compose, remember
 from graphs.state import Context, turn_policy
 from graphs.support import build_support_graph, turn_input
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
 from tools import review
+from tools.audit import build_turn_record
+from tools.local_llm import LocalRuntimeUnavailable
 from tools.review import ReviewError  # noqa: F401 - re-exported: what resume() raises for a bad decision
 
 log = logging.getLogger("switchboard.api")
+
+RUNTIME_UNAVAILABLE = LocalRuntimeUnavailable.code
 
 
 class ReviewPending(RuntimeError):
@@ -79,6 +86,18 @@ class TurnResult:
         return bool(self.pending_review)
 
     @property
+    def error(self) -> str | None:
+        """Why the turn could not be answered at all: every part failed because a model runtime is
+        unavailable (the local runtime's self-check failed, say). The message names the cause and
+        the fix; the doors answer it as an error (CLI exit 1, HTTP 503, the chat UI's error)."""
+        if not self.results or any(r.get("ok") for r in self.results):
+            return None
+        for r in self.results:
+            if (r.get("evidence") or {}).get("error_code") == RUNTIME_UNAVAILABLE:
+                return str(r.get("answer") or "")
+        return None
+
+    @property
     def cost_usd(self) -> float:
         return round(sum(e["cost_usd"] for e in self.ledger), 8)
 
@@ -95,6 +114,7 @@ class TurnResult:
             "latency_ms": self.latency_ms,
             "llm_calls": len(self.ledger),
             "pending_review": self.pending_review,
+            "error": self.error,
         }
 
 
@@ -153,7 +173,7 @@ class Switchboard:
                 raise ReviewPending(thread_id, pending)
             if _cut_off(snapshot):
                 log.warning("thread %s has an unfinished turn (crash?): finishing it before the new one", thread_id)
-                await self._continue(snapshot, thread_id, None)
+                await self.finish_cut_off(snapshot, thread_id)
         thread_id = thread_id or uuid.uuid4().hex
         started = time.monotonic()
         state = await self.graph.ainvoke(
@@ -226,6 +246,25 @@ class Switchboard:
         (``interrupt()``): a paused turn is resumed with a decision, not recovered."""
         return _cut_off(await self.graph.aget_state(_config(thread_id)))
 
+    async def finish_cut_off(self, snapshot: Any, thread_id: str) -> TurnResult | None:
+        """Finish a cut-off turn, or close it as failed so the conversation moves on.
+
+        A turn that already failed to finish ``MAX_RECOVERY_ATTEMPTS`` times (each attempt is
+        counted before it runs, so an attempt that kills the process counts too), or whose
+        attempt raises, is closed as failed: its answer says so and keeps what its finished
+        specialists found. Returns the finished turn, or None when it was closed."""
+        guard = RecoveryGuard(self.graph, self.services)
+        if not await guard.may_try(snapshot, thread_id):
+            await guard.close_failed(snapshot, thread_id, "it stopped part-way again when it was retried")
+            return None
+        try:
+            return await self._continue(snapshot, thread_id, None)
+        except Exception as exc:  # noqa: BLE001 - closed as failed and logged: never the same crash twice
+            log.exception("thread %s: the unfinished turn failed again; closing it as failed", thread_id)
+            await guard.close_failed(await self.graph.aget_state(_config(thread_id)), thread_id,
+                                     f"it failed again when it was retried ({type(exc).__name__})")
+            return None
+
     async def recover(self, thread_id: str) -> TurnResult:
         """Finish a turn that stopped part-way, from its last checkpoint (LangGraph input ``None``).
 
@@ -235,7 +274,58 @@ class Switchboard:
         snapshot = await self.graph.aget_state(_config(thread_id))
         if not _cut_off(snapshot):
             raise LookupError(f"thread {thread_id!r} has no unfinished turn to recover")
-        return await self._continue(snapshot, thread_id, None)  # it may pause for review, too
+        finished = await self.finish_cut_off(snapshot, thread_id)  # it may pause for review, too
+        if finished is None:  # closed as failed: report the closing answer
+            return await self._turn_result(dict((await self.graph.aget_state(_config(thread_id))).values),
+                                           thread_id, time.monotonic())
+        return finished
+
+
+MAX_RECOVERY_ATTEMPTS = 2
+
+
+class RecoveryGuard:
+    """Bounds how often a cut-off turn is retried, and closes it as failed when it must give up.
+
+    Attempts are counted per (thread, checkpoint) in the audit database before each attempt, so
+    one that kills the process (a native crash, an OOM kill) still counts, and any door or
+    replica sees the count. A retry that gets further leaves a new checkpoint and starts afresh."""
+
+    def __init__(self, graph: Any, services: Services) -> None:
+        self.graph, self.services = graph, services
+
+    async def may_try(self, snapshot: Any, thread_id: str) -> bool:
+        checkpoint = (snapshot.config.get("configurable") or {}).get("checkpoint_id", "")
+        attempts = await asyncio.to_thread(self.services.audit.count_recovery_attempt, thread_id, checkpoint)
+        return attempts <= MAX_RECOVERY_ATTEMPTS
+
+    async def close_failed(self, snapshot: Any, thread_id: str, why: str) -> str:
+        """End the cut-off turn with an answer that says it failed and keeps what finished parts
+        found (including results of the interrupted step); write its audit record. Returns it."""
+        values = dict(snapshot.values or {})
+        done = {r["subtask_id"] for r in values.get("results") or []}
+        pending = [r for task in snapshot.tasks if isinstance(task.result, dict)
+                   for r in task.result.get("results") or [] if r["subtask_id"] not in done]
+        results = [*(values.get("results") or []), *pending]
+        question = " ".join(str(values.get("question") or "").split())[:120]
+        text = f"Your previous message (\u201c{question}\u201d) could not be answered: {why}."
+        if any(r.get("ok") for r in results):
+            text += "\n\nWhat was found before it stopped:\n\n" + compose(values.get("subtasks") or [],
+                                                                             [r for r in results if r.get("ok")])
+        meta = values.get("turn_meta") or {}
+        state = {**values, "results": results, "answer": text}
+        update: dict[str, Any] = {"answer": text, "results": pending,
+                                  "messages": [AIMessage(content=text, id=meta.get("answer_id"))],
+                                  **remember(state, max_chars=self.services.settings.summary_max_chars)}
+        await self.graph.aupdate_state(_config(thread_id), update, as_node="remember")
+        if meta:
+            record = build_turn_record(state, thread_id, meta.get("turn_index", 0))
+            try:
+                await asyncio.to_thread(self.services.audit.record_turn, record)
+            except Exception:  # noqa: BLE001 - the conversation must move on without the audit database
+                log.exception("audit: could not record the closed turn on %s", thread_id)
+        log.warning("thread %s: closed a cut-off turn as failed (%s)", thread_id, why)
+        return text
 
 
 def _config(thread_id: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from sqlalchemy import (
     create_engine,
     insert,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -84,6 +85,16 @@ feedback_table = Table(
     Column("ts", Float, nullable=False),
     Column("score", Integer, nullable=False),  # +1 thumbs up, -1 thumbs down
     Column("comment", Text),
+)
+
+# how often a cut-off turn was retried (switchboard.api.RecoveryGuard): a retry that crashes the
+# process again must not be tried forever
+recoveries_table = Table(
+    "turn_recoveries", metadata,
+    Column("thread_id", String(200), primary_key=True),
+    Column("checkpoint_id", String(100), primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("ts", Float, nullable=False),
 )
 
 
@@ -251,6 +262,19 @@ class AuditTrail:
             row["error"] = _redact(str(call["error"]))
         with self._lock, self.engine.begin() as conn:
             conn.execute(insert(calls_table).values(**row))
+
+    def count_recovery_attempt(self, thread_id: str, checkpoint_id: str) -> int:
+        """Count one more attempt to finish the cut-off turn at this checkpoint; return the count."""
+        key = (recoveries_table.c.thread_id == thread_id) & (recoveries_table.c.checkpoint_id == checkpoint_id)
+        with self._lock, self.engine.begin() as conn:
+            row = conn.execute(select(recoveries_table.c.attempts).where(key).with_for_update()).first()
+            attempts = (row[0] if row else 0) + 1
+            if row:
+                conn.execute(update(recoveries_table).where(key).values(attempts=attempts, ts=time.time()))
+            else:
+                conn.execute(insert(recoveries_table).values(thread_id=thread_id, checkpoint_id=checkpoint_id,
+                                                             attempts=attempts, ts=time.time()))
+        return attempts
 
     def record_feedback(self, answer_id: str, score: int, comment: str | None = None) -> None:
         if score not in (-1, 1):

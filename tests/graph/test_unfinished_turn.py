@@ -51,3 +51,64 @@ async def test_asking_on_a_thread_with_an_unfinished_turn_finishes_it_first(make
     assert texts[0].startswith("How many customers") and "We have 59 customers." in texts[1]
     assert "14 days" in texts[1] and texts[2:] == ["Hello!", "Hello! How can I help?"]
     assert [t["turn_id"] for t in board.services.audit.turns(thread="cut")] == ["cut:0", "cut:1"]
+
+
+async def cut_off_turn(make_settings, thread: str):
+    """A two-part turn cut off mid-RAG after its SQL part was checkpointed (as above)."""
+    services, fake = scripted_services(make_settings(cache_ttl_s=0))
+    board = Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services)
+    rag_started, crash = asyncio.Event(), {"on": True}
+
+    async def gate(messages):
+        if crash["on"] and "help-center passages" in str(messages[0].content):
+            rag_started.set()
+            await asyncio.Event().wait()
+
+    fake.before_reply = gate
+    turn = asyncio.create_task(board.ask("How many customers do we have, and what is your refund policy?",
+                                         thread_id=thread))
+    await asyncio.wait_for(rag_started.wait(), 30)
+    config = {"configurable": {"thread_id": thread}}
+    while not any(t.name == "sql" and t.result is not None for t in (await board.graph.aget_state(config)).tasks):
+        await asyncio.sleep(0.01)
+    turn.cancel()
+    await asyncio.gather(turn, return_exceptions=True)
+    crash["on"] = False
+    assert await board.unfinished(thread)
+    return board, config
+
+
+async def test_a_cut_off_turn_that_fails_again_is_closed_as_failed_keeping_what_finished(make_settings,
+                                                                                          monkeypatch):
+    board, config = await cut_off_turn(make_settings, "again")
+
+    async def retry_fails(*args, **kwargs):
+        raise RuntimeError("the same crash")
+
+    monkeypatch.setattr(board, "_continue", retry_fails)
+    new = await board.ask("Hello!", thread_id="again")
+    assert new.answer == "Hello! How can I help?"  # the next question is answered
+    assert not await board.unfinished("again")
+    texts = [str(m.content) for m in (await board.graph.aget_state(config)).values["messages"]]
+    assert "could not be answered: it failed again when it was retried (RuntimeError)" in texts[1]
+    assert "We have 59 customers." in texts[1]  # what the finished SQL part found is kept
+    assert texts[2:] == ["Hello!", "Hello! How can I help?"]
+    records = board.services.audit.turns(thread="again")
+    assert [t["turn_id"] for t in records] == ["again:0", "again:1"]
+
+
+async def test_a_cut_off_turn_is_not_retried_after_it_stopped_the_process_twice(make_settings, monkeypatch):
+    board, config = await cut_off_turn(make_settings, "twice")
+    checkpoint = (await board.graph.aget_state(config)).config["configurable"]["checkpoint_id"]
+    for _ in range(2):  # two retries that each died with the process (counted before they ran)
+        board.services.audit.count_recovery_attempt("twice", checkpoint)
+
+    async def must_not_retry(*args, **kwargs):
+        raise AssertionError("retried a third time")
+
+    monkeypatch.setattr(board, "_continue", must_not_retry)
+    new = await board.ask("Hello!", thread_id="twice")
+    assert new.answer == "Hello! How can I help?"
+    texts = [str(m.content) for m in (await board.graph.aget_state(config)).values["messages"]]
+    assert "it stopped part-way again when it was retried" in texts[1] and "We have 59 customers." in texts[1]
+    assert not await board.unfinished("twice")
