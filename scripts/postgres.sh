@@ -9,8 +9,8 @@
 # with trust authentication: for local tests, never for anything reachable from outside.
 # Progress goes to stderr; stdout carries only the export lines.
 #
-# Databases: "switchboard" (LangGraph checkpoints) and "chinook" (the demo data, loaded from
-# the SQLite script in shared/, adapted for PostgreSQL). Role "chinook_reader" may only read
+# Databases: "switchboard" (LangGraph checkpoints) and "chinook" (the demo data, copied from the
+# repo's own data/chinook/chinook.sqlite, adapted for PostgreSQL: no file outside the repo needed). Role "chinook_reader" may only read
 # chinook: SELECT on its tables, read-only transactions by default, no TEMP tables.
 #
 # Identifiers stay PascalCase and quoted ("Customer"."FirstName"), exactly as in SQLite; the
@@ -23,7 +23,7 @@ PG_HOST=127.0.0.1
 DATA_DIR=$PG_DIR/data
 LOG_FILE=$PG_DIR/postgres.log
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CHINOOK_SQL=${SWITCHBOARD_CHINOOK_SQL:-$REPO_ROOT/../shared/data/sql/chinook/Chinook_Sqlite.sql}
+CHINOOK_DB=${SWITCHBOARD_CHINOOK_DB:-$REPO_ROOT/data/chinook/chinook.sqlite}
 
 say() { echo "postgres.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -134,31 +134,25 @@ ensure_database() {
     fi
 }
 
-# Chinook_Sqlite.sql -> PostgreSQL: [brackets] become "quotes" (outside string literals),
-# NVARCHAR -> VARCHAR, DATETIME -> TIMESTAMP, and foreign keys move to ALTER TABLEs after the
-# data (the script references tables before creating them, which SQLite tolerates). Loaded in
-# one transaction, so a failed load leaves nothing behind and the next run retries.
+# chinook.sqlite -> PostgreSQL: the tables' DDL as SQLite stores it ([brackets] become "quotes",
+# NVARCHAR -> VARCHAR, DATETIME -> TIMESTAMP, foreign keys move to ALTER TABLEs after the data),
+# then every row as INSERTs. Loaded in one transaction, so a failed load leaves nothing behind and
+# the next run retries.
 convert_chinook() {
     local python=${PYTHON:-python3}
     command -v "$python" >/dev/null 2>&1 || python=$REPO_ROOT/.venv/bin/python
-    "$python" - "$CHINOOK_SQL" <<'PY'
+    "$python" - "$CHINOOK_DB" <<'PY'
 import re
+import sqlite3
 import sys
 
-text = open(sys.argv[1], encoding="utf-8").read()
-token = re.compile(r"'(?:[^']|'')*'|/\*.*?\*/|--[^\n]*|\[([^\]]+)\]", re.S)
-
-def requote(m: re.Match) -> str:
-    if m.group(1) is not None:
-        return '"' + m.group(1) + '"'
-    return "" if m.group(0).startswith(("/*", "--")) else m.group(0)
-
-text = token.sub(requote, text)
-split = text.index("INSERT INTO")
-ddl, data = text[:split], text[split:]
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+tables = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+                    "ORDER BY name").fetchall()
+ddl = "\n".join(sql.strip() + ";" for _, sql in tables)
+ddl = re.sub(r"\[([^\]]+)\]", r'"\1"', ddl)
 ddl = re.sub(r"\bNVARCHAR\b", "VARCHAR", ddl)
 ddl = re.sub(r"\bDATETIME\b", "TIMESTAMP", ddl)
-
 fk = re.compile(
     r",\s*FOREIGN KEY\s*\(([^)]*)\)\s*REFERENCES\s*(\"\w+\")\s*\(([^)]*)\)"
     r"\s*ON DELETE NO ACTION ON UPDATE NO ACTION"
@@ -174,11 +168,23 @@ def strip_fks(m: re.Match) -> str:
 ddl = re.sub(r"CREATE TABLE (\"\w+\")\s*\((.*?)\n\);", strip_fks, ddl, flags=re.S)
 if "FOREIGN KEY" in ddl or "[" in ddl:
     sys.exit("convert_chinook: unexpected DDL left after conversion")
-print("SET client_min_messages = warning;")
-print(ddl)
-print(data)
-print("\n".join(constraints))
-print("ANALYZE;")
+
+def literal(v: object) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+out = sys.stdout
+out.write("SET client_min_messages = warning;\n" + ddl + "\n")
+for name, _ in tables:
+    cur = db.execute(f'SELECT * FROM "{name}"')
+    cols = ", ".join(f'"{d[0]}"' for d in cur.description)
+    while rows := cur.fetchmany(500):
+        out.write(f'INSERT INTO "{name}" ({cols}) VALUES\n'
+                  + ",\n".join("(" + ", ".join(literal(v) for v in row) + ")" for row in rows) + ";\n")
+out.write("\n".join(constraints) + "\nANALYZE;\n")
 PY
 }
 
@@ -186,8 +192,8 @@ load_chinook() {
     local loaded
     loaded=$(psql_admin -d chinook -tAc "SELECT to_regclass('public.\"InvoiceLine\"') IS NOT NULL")
     if [[ $loaded != t ]]; then
-        [[ -r $CHINOOK_SQL ]] || die "Chinook script not found: $CHINOOK_SQL (set SWITCHBOARD_CHINOOK_SQL)"
-        say "loading Chinook from $CHINOOK_SQL"
+        [[ -r $CHINOOK_DB ]] || die "Chinook database not found: $CHINOOK_DB (set SWITCHBOARD_CHINOOK_DB)"
+        say "loading Chinook from $CHINOOK_DB"
         convert_chinook | psql_admin -d chinook --single-transaction -f - >/dev/null
     fi
 }

@@ -31,13 +31,16 @@ async def _ask(args: argparse.Namespace, settings: Settings) -> int:
     if args.image and not Path(args.image).exists():
         print(f"error: image file not found: {args.image}", file=sys.stderr)
         return 2
-    from switchboard.api import ReviewPending
+    from switchboard.api import ReviewPending, ThreadNotFound
 
     async with Switchboard.open(settings) as sb:
         try:
             turn = await sb.ask(args.question, thread_id=args.thread, image=args.image, policy=args.policy)
         except ReviewPending as exc:
             print(f"error: {exc}: switchboard resume {exc.thread_id} --approve|--reject|--edit SQL", file=sys.stderr)
+            return 2
+        except ThreadNotFound as exc:  # another principal's conversation (SWITCHBOARD_PRINCIPAL is who we are)
+            print(f"error: {exc}", file=sys.stderr)
             return 2
     return _show(turn, args)
 
@@ -100,14 +103,14 @@ def _print_reviews(thread: str, pending: list[dict[str, Any]]) -> None:
 
 async def _resume(args: argparse.Namespace, settings: Settings) -> int:
     """Continue a turn paused for human review with a decision (Switchboard.resume)."""
-    from switchboard.api import NoPendingReview, ReviewError, Switchboard
+    from switchboard.api import NoPendingReview, ReviewError, ReviewForbidden, Switchboard, ThreadNotFound
 
     decision: dict[str, Any] = ({"action": "edit", "sql": args.edit} if args.edit is not None
                                 else {"action": "approve" if args.approve else "reject"})
     async with Switchboard.open(settings) as sb:
         try:
             turn = await sb.resume(args.thread, decision, interrupt_id=args.id)
-        except (NoPendingReview, ReviewError) as exc:
+        except (NoPendingReview, ThreadNotFound, ReviewError, ReviewForbidden) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     return _show(turn, args)
@@ -148,6 +151,8 @@ async def _route(args: argparse.Namespace, settings: Settings) -> int:
             top = sorted(s.scores.items(), key=lambda kv: -kv[1])[:3]
             print(f"{s.id} -> {s.agent:<8} {s.task!r}\n     {s.reason}; top scores: "
                   + ", ".join(f"{k}={v:.2f}" for k, v in top))
+        for line in filter(None, [decision.refusal, decision.skipped_note]):  # the per-message caps
+            print(line)
         print(f"LLM calls: {decision.llm_calls}")
     return 0
 
@@ -170,15 +175,20 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from switchboard.api import Switchboard
 
     async with Switchboard.open(settings) as sb:
-        print(_banner(sb.services))
-        thread = "demo"
+        if not args.json:
+            print(_banner(sb.services))
+        thread = args.thread
         for q in DEMO_QUESTIONS:
-            print(f"\n> {q}")
+            if not args.json:
+                print(f"\n> {q}", flush=True)
             turn = await sb.ask(q, thread_id=thread)
+            if args.json:  # one JSON object per question (JSON lines), as `ask --json` prints
+                _print_json({"question": q, **turn.as_json()})
             if turn.error:
                 print(f"error: {turn.error}", file=sys.stderr)
                 return 1
-            _print_turn(turn)
+            if not args.json:
+                _print_turn(turn)
     return 0
 
 
@@ -250,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--prune", action="store_true", help="also remove sources whose files are gone")
     ing.add_argument("--remove", action="store_true", help="remove these sources instead")
 
-    sub.add_parser("demo", help="answer the demo questions in the terminal")
+    demo = sub.add_parser("demo", help="answer the demo questions in the terminal")
+    demo.add_argument("--json", action="store_true", help="one JSON object per question (JSON lines)")
+    demo.add_argument("--thread", default="demo", help="conversation id (default: demo)")
 
     res = sub.add_parser("resume", help="continue a turn paused for human review (sensitive SQL, cost)")
     res.add_argument("thread", help="conversation id of the paused turn (as printed by ask)")

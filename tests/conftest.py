@@ -23,7 +23,8 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Never let the developer's environment leak into tests (test-server URLs excepted).
 _KEEP = {"SWITCHBOARD_RECORD_MODE", "SWITCHBOARD_TEST_PG_URL", "SWITCHBOARD_PG_URL",
-         "SWITCHBOARD_CHINOOK_ADMIN_URL", "SWITCHBOARD_TEST_CHROMA_URL", "SWITCHBOARD_TEST_SERVERS"}
+         "SWITCHBOARD_CHINOOK_ADMIN_URL", "SWITCHBOARD_TEST_CHROMA_URL", "SWITCHBOARD_TEST_SERVERS",
+         "SWITCHBOARD_LIVE_TIER"}
 for _name in list(os.environ):
     if _name.startswith("SWITCHBOARD_") and _name not in _KEEP:
         del os.environ[_name]
@@ -84,7 +85,36 @@ def pytest_configure(config: pytest.Config) -> None:
             continue
         try:
             os.environ.update(_start_server(script))
+            if script != "browser.sh":  # a server this session started is stopped at its end
+                _STARTED.append(script)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             if os.environ.get("CI"):
                 raise pytest.UsageError(str(exc)) from exc
             config.issue_config_time_warning(pytest.PytestWarning(f"{script}: {exc}"), stacklevel=2)
+
+
+_STARTED: list[str] = []
+# shared data sets (../shared/data) that tests wanted and did not find: one summary line at the end
+MISSING_SHARED: set[str] = set()
+
+
+def require_shared(path: Path) -> Path:
+    """Skip the calling test unless ``path`` (under ../shared/data) exists; remember what was missing."""
+    if not path.exists():
+        MISSING_SHARED.add(str(path.relative_to(SHARED_DATA) if path.is_relative_to(SHARED_DATA) else path))
+        pytest.skip(f"shared data set not present: {path}")
+    return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001 - pytest hook
+    if MISSING_SHARED:
+        terminalreporter.write_line(
+            f"shared data missing (tests that need it skipped): {', '.join(sorted(MISSING_SHARED))} "
+            f"-- expected under {SHARED_DATA}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the servers this session started: no PostgreSQL or Chroma of ours outlives the run."""
+    for script in reversed(_STARTED):
+        subprocess.run(["bash", str(REPO_ROOT / "scripts" / script), "stop"], capture_output=True, timeout=120)
+    _STARTED.clear()

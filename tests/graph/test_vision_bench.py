@@ -8,9 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, require_shared
 from tests.fake_openai import FakeOpenAI
 from tests.graph.test_hosted_vision import registry_file
 
@@ -18,8 +16,8 @@ RECEIPTS = SHARED_DATA / "vision" / "softmatic_receipts_de"
 BENCH = Path(__file__).parents[2] / "bench" / "vision_receipts.py"
 
 
-@pytest.mark.skipif(not RECEIPTS.is_dir(), reason=f"receipt data set not found at {RECEIPTS}")
 def test_bench_scores_a_configured_vision_model(tmp_path, monkeypatch, capsys):
+    require_shared(RECEIPTS / "labels.jsonl")
     first = json.loads((RECEIPTS / "labels.jsonl").read_text().splitlines()[0])
     spec = importlib.util.spec_from_file_location("vision_bench", BENCH)
     bench = importlib.util.module_from_spec(spec)

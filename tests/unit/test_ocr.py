@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA, require_shared
 from tools.ocr import (
     OcrLine,
     OcrResult,
@@ -18,7 +18,7 @@ from tools.ocr import (
     read_image,
 )
 
-VISION_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vision"
+VISION_DATA = SHARED_DATA / "vision"
 RECEIPTS = VISION_DATA / "softmatic_receipts_de"
 
 
@@ -282,8 +282,7 @@ def test_find_dates_keeps_reading_order() -> None:
 def test_real_receipt_total_matches_label() -> None:
     """One real scan end to end. pytest-socket blocks the network for the whole test run,
     so this also shows the RapidOCR engine loads from the wheel without any download."""
-    if not (RECEIPTS / "labels.jsonl").is_file():
-        pytest.skip(f"shared receipt scans not present at {RECEIPTS}")
+    require_shared(RECEIPTS / "labels.jsonl")
     labels = [json.loads(line) for line in (RECEIPTS / "labels.jsonl").read_text().splitlines() if line]
     label = next(row for row in labels if row["image"].endswith("lidl_02032020_02_00716.jpg"))
     fields = extract_receipt_fields(read_image((RECEIPTS / label["image"]).read_bytes()))
