@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Run a local Chroma server for Switchboard: the integration tests, or several processes
-# sharing one knowledge base (set SWITCHBOARD_CHROMA_URL=http://127.0.0.1:58000).
+# sharing one knowledge base (set SWITCHBOARD_CHROMA_URL=http://127.0.0.1:28000).
 #
 #   scripts/chroma.sh [start]   start in the background (no-op if it already answers), wait for heartbeat
 #   scripts/chroma.sh stop      stop the server this script started
 #   scripts/chroma.sh status    say whether it answers
 #
-# Env: SWITCHBOARD_CHROMA_PORT (default 58000), SWITCHBOARD_CHROMA_PATH (default
+# Env: SWITCHBOARD_CHROMA_PORT (default 28000), SWITCHBOARD_CHROMA_PATH (default
 # .switchboard/chroma-server), SWITCHBOARD_CHROMA_WAIT seconds to wait for startup (default 30).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PORT=${SWITCHBOARD_CHROMA_PORT:-58000}
+PORT=${SWITCHBOARD_CHROMA_PORT:-28000}
 DATA=${SWITCHBOARD_CHROMA_PATH:-$ROOT/.switchboard/chroma-server}
 WAIT=${SWITCHBOARD_CHROMA_WAIT:-30}
 CHROMA=$ROOT/.venv/bin/chroma

@@ -18,7 +18,8 @@
 set -euo pipefail
 
 PG_DIR=${SWITCHBOARD_PG_DIR:-/tmp/switchboard-pg}
-PG_PORT=${SWITCHBOARD_PG_PORT:-55432}
+# Ports below Linux's ephemeral range (32768-60999): a client socket in TIME_WAIT cannot hold them.
+PG_PORT=${SWITCHBOARD_PG_PORT:-25432}
 PG_HOST=127.0.0.1
 DATA_DIR=$PG_DIR/data
 LOG_FILE=$PG_DIR/postgres.log
@@ -114,7 +115,8 @@ EOF
 start_server() {
     is_running && return 0
     say "starting PostgreSQL on $PG_HOST:$PG_PORT (log: $LOG_FILE)"
-    if ! as_pg "$BIN_DIR/pg_ctl" -D "$DATA_DIR" -l "$LOG_FILE" -w -t 60 start >&2; then
+    # -p: the port asked for now, even in a cluster created with another one
+    if ! as_pg "$BIN_DIR/pg_ctl" -D "$DATA_DIR" -l "$LOG_FILE" -o "-p $PG_PORT" -w -t 60 start >&2; then
         tail -n 20 "$LOG_FILE" >&2 || true
         die "PostgreSQL did not start (is port $PG_PORT taken? see $LOG_FILE)"
     fi

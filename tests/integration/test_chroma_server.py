@@ -1,7 +1,7 @@
 """The knowledge store against a real Chroma server (``chromadb.HttpClient``).
 
 Start one with ``scripts/chroma.sh`` and run
-``SWITCHBOARD_TEST_CHROMA_URL=http://127.0.0.1:58000 pytest tests/integration/test_chroma_server.py``.
+``SWITCHBOARD_TEST_CHROMA_URL=http://127.0.0.1:28000 pytest tests/integration/test_chroma_server.py``.
 Each test uses its own uniquely named collection and deletes it afterwards.
 """
 
@@ -23,7 +23,7 @@ pytestmark = [
     pytest.mark.skipif(
         not CHROMA_URL,
         reason="SWITCHBOARD_TEST_CHROMA_URL is not set; run `eval \"$(scripts/chroma.sh)\"` (the test session does this itself) or set "
-        "SWITCHBOARD_TEST_CHROMA_URL=http://127.0.0.1:58000 to run the Chroma server tests",
+        "SWITCHBOARD_TEST_CHROMA_URL=http://127.0.0.1:28000 to run the Chroma server tests",
     ),
     pytest.mark.enable_socket,  # pytest-socket: this test talks to a server by design
 ]
