@@ -40,11 +40,13 @@ from langgraph.types import Command
 
 from graphs.state import Context, turn_policy
 from graphs.support import build_support_graph, turn_input
-from switchboard.api import RUNTIME_UNAVAILABLE, RecoveryGuard
+from switchboard.access import UI, Access, Principal, ReviewForbidden, ThreadNotFound
+from switchboard.api import RUNTIME_UNAVAILABLE, RecoveryGuard, record_decisions
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
 from tools import review
+from tools.images import ImageRejected, sniff_upload_file
 from tools.redaction import install_log_redaction
 
 log = logging.getLogger("switchboard.ui")
@@ -276,8 +278,11 @@ class OrderedSQLAlchemyDataLayer(SQLAlchemyDataLayer):
     async def delete_thread(self, thread_id: str) -> None:
         """Deleting a conversation in the sidebar (Chainlit checks the user owns it) also deletes
         its graph state (summary, entities) and the images uploaded to it."""
+        author = await self.get_thread_author(thread_id)
         await super().delete_thread(thread_id)
-        if saver := _runtime.get("saver"):
+        # the graph state only when the LangGraph thread is this user's too: a chat thread can carry
+        # the id of a conversation another door owns (the id came from the client)
+        if (saver := _runtime.get("saver")) and await ACCESS.owner(thread_id) == author:
             await saver.adelete_thread(thread_id)
         shutil.rmtree(upload_dir(thread_id), ignore_errors=True)
 
@@ -325,6 +330,31 @@ SERVICES.registry  # noqa: B018  (cheap; built here so the banner never races th
 _runtime: dict[str, Any] = {}
 
 
+# --- who is asking: ownership and separation of duties (switchboard/access.py) ---------------------
+
+ACCESS = Access(SERVICES.audit)
+# the LangGraph thread is the Chainlit thread id, which the client chooses (socket.io auth.threadId):
+# it is used only when it is this user's conversation, or a new one
+NOT_FOUND = "This conversation was not found. Start a new chat to ask something."
+
+
+def ui_principal() -> Principal:
+    """The signed-in user; with no SWITCHBOARD_UI_USERS, the single local user (single-user: they
+    decide their own reviews). A reviewer (SWITCHBOARD_REVIEWERS) never decides their own."""
+    user = cl.context.session.user
+    name = user.identifier if user is not None else "local"
+    return Principal.named(name, UI, SETTINGS, single_user_default=not UI_USERS)
+
+
+async def foreign_thread(graph: Any, thread_id: str) -> bool:
+    """Is this thread id someone else's (or an ownerless old conversation the UI may not adopt)?
+    Claims nothing: a new id becomes the user's with their first message."""
+    owner = await ACCESS.owner(thread_id)
+    if owner is not None:
+        return owner != ui_principal().name
+    return bool((await graph.aget_state({"configurable": {"thread_id": thread_id}})).values)
+
+
 def _warm_up() -> None:
     """Load what the first question would otherwise wait for (embeddings, knowledge base)."""
     started = time.monotonic()
@@ -345,7 +375,8 @@ async def _startup() -> None:
     if not UI_USERS and host not in LOOPBACK:
         log.warning(
             "SWITCHBOARD_UI_USERS is not set and the server listens on %s: everyone who can "
-            "reach it is the same user and shares one chat history",
+            "reach it is the same user (the local principal, who also owns the CLI's conversations) "
+            "and shares one chat history",
             host,
         )
 
@@ -436,6 +467,10 @@ async def on_chat_start() -> None:
     cl.user_session.set("policy", policy)
     await _send_settings(policy)
     await cl.Message(content=banner_markdown(SERVICES)).send()
+    # a client-chosen id (socket.io auth.threadId) of another's conversation: say so at once (each
+    # message and action checks again); the graph exists from startup, warm or not
+    if await foreign_thread(_runtime["graph"], cl.context.session.thread_id):
+        await cl.Message(content=NOT_FOUND).send()
 
 
 @cl.on_settings_update
@@ -454,6 +489,9 @@ async def on_chat_resume(thread: dict[str, Any]) -> None:
     cl.user_session.set("policy", policy)
     await _send_settings(policy)
     graph = await _graph()
+    if await foreign_thread(graph, thread["id"]):  # Chainlit's thread is the user's; the graph's is not
+        await cl.Message(content=NOT_FOUND).send()
+        return
     state = await graph.aget_state({"configurable": {"thread_id": thread["id"]}})
     if not (state and state.values):
         log.warning("thread %s has no saved graph state: earlier context is not available", thread["id"])
@@ -476,18 +514,31 @@ def upload_dir(thread_id: str) -> Path:
 
 def stash_upload(element: Any, thread_id: str) -> Path:
     """Copy an upload out of Chainlit's per-session folder (deleted when the session ends) into
-    the data dir, keeping its file name so the vision specialist's messages can name it."""
-    name = _SAFE_NAME.sub("_", Path(element.name or "upload").name).strip("._") or "upload"
-    dest = upload_dir(thread_id) / _SAFE_NAME.sub("_", str(element.id)) / name
+    the data dir, keeping its file name's stem so the vision specialist's messages can name it.
+    Typed by its bytes, never the client's MIME type or extension: anything but a raster image
+    the vision path reads (an SVG, a PDF...) raises :class:`ImageRejected` and is not stored;
+    the stored file's extension is the one its content shows."""
+    stem = _SAFE_NAME.sub("_", Path(element.name or "upload").stem).strip("._") or "upload"
+    kind = sniff_upload_file(element.path, name=Path(element.name or "upload").name)
+    dest = upload_dir(thread_id) / _SAFE_NAME.sub("_", str(element.id)) / f"{stem}{kind.extension}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(element.path, dest)
     return dest
 
 
+def _is_supported_image(element: Any) -> bool:
+    try:
+        sniff_upload_file(element.path)
+    except (ImageRejected, OSError):
+        return False
+    return True
+
+
 def pick_attachment(elements: list[Any]) -> Any | None:
-    """The first image; failing that the first file (the vision specialist explains what is wrong)."""
+    """The first file whose *content* is a supported image; failing that the first file
+    (:func:`stash_upload` refuses it with a message saying what it is)."""
     files = [e for e in elements or [] if getattr(e, "path", None)]
-    images = [e for e in files if (getattr(e, "mime", "") or "").startswith("image/")]
+    images = [e for e in files if _is_supported_image(e)]
     return (images or files or [None])[0]
 
 
@@ -732,12 +783,18 @@ async def _finish(step: cl.Step, error: Any = None) -> None:
 async def on_message(message: cl.Message) -> None:
     graph = await _graph()
     thread_id = cl.context.session.thread_id
+    try:  # the user's conversation, or a new one that becomes theirs; never another door's
+        await ACCESS.check_turn(graph, thread_id, ui_principal())
+    except ThreadNotFound:
+        log.warning("refused thread %s to UI user %s: not theirs", thread_id, ui_principal().name)
+        await cl.Message(content=NOT_FOUND).send()
+        return
     policy = _valid_policy(cl.user_session.get("policy"))
     config = {"configurable": {"thread_id": thread_id}}
     snapshot = await graph.aget_state(config)
     if pending := review.pending_reviews(snapshot):  # a paused turn is decided first
-        await cl.Message(content="This conversation is waiting for review: approve, edit or reject the request "
-                                 "below, then ask again.").send()
+        await cl.Message(content="This conversation is waiting for review: it continues once it is decided, "
+                                 "then ask again.").send()
         await send_review(thread_id, pending)
         return
     if snapshot.next:  # a turn that a crash or restart cut off: finish it from its checkpoint first
@@ -761,7 +818,11 @@ async def on_message(message: cl.Message) -> None:
 
     attachment = pick_attachment(message.elements)
     if attachment is not None:
-        view.image_path = str(stash_upload(attachment, thread_id))
+        try:
+            view.image_path = str(stash_upload(attachment, thread_id))
+        except ImageRejected as exc:  # not a raster image the vision path reads (by its content)
+            await cl.Message(content=exc.message).send()
+            return
     question = message.content.strip()
     if not question and view.image_path:
         question = "What does this image show?"
@@ -843,9 +904,19 @@ def review_markdown(pending: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+NOT_A_REVIEWER = ("A reviewer other than you decides this request (separation of duties): over the HTTP API "
+                  "(`POST /v1/threads/{id}/review`) or `switchboard resume`.")
+
+
 async def send_review(thread_id: str, pending: list[dict[str, Any]], for_id: str | None = None) -> None:
-    """Show what a paused turn waits for, with Approve / Reject (/ Edit SQL) buttons per review;
-    with ``for_id``, put the buttons back on that (saved) review message instead."""
+    """Show what a paused turn waits for, with Approve / Reject (/ Edit SQL) buttons per review
+    when this user may decide it (single-user: their own conversation); with ``for_id``, put the
+    buttons back on that (saved) review message instead."""
+    if not ui_principal().may_decide(ui_principal().name):  # the UI shows only the user's own threads
+        if for_id is None:
+            await cl.Message(content=review_markdown(pending) + "\n\n" + NOT_A_REVIEWER,
+                             metadata={"review": [r["id"] for r in pending]}).send()
+        return
     actions = []
     for n, r in enumerate(pending, 1):
         for action in r.get("actions") or review.ACTIONS.get(str(r.get("kind")), ()):
@@ -881,6 +952,16 @@ async def on_review(action: cl.Action) -> None:
     """A reviewer's click: resume the paused turn with their decision and stream the rest."""
     graph = await _graph()
     thread_id = cl.context.session.thread_id
+    who = ui_principal()
+    try:  # the same checks as every door: not another's conversation, and not one's own review
+        owner = await ACCESS.check_review(graph, thread_id, who)
+    except ThreadNotFound:
+        log.warning("refused a review on thread %s to UI user %s: not theirs", thread_id, who.name)
+        await cl.Message(content=NOT_FOUND).send()
+        return
+    except ReviewForbidden as exc:
+        await cl.ErrorMessage(content=str(exc)).send()
+        return
     config = {"configurable": {"thread_id": thread_id}}
     snapshot = await graph.aget_state(config)
     pending = review.pending_reviews(snapshot)
@@ -903,6 +984,7 @@ async def on_review(action: cl.Action) -> None:
     except review.ReviewError as exc:
         await cl.ErrorMessage(content=f"That decision cannot be applied: {exc}.").send()
         return
+    await record_decisions(SERVICES.audit, thread_id, pending, values, who, owner)
     for shown_action in _review_actions.pop(thread_id, None) or [action]:
         await shown_action.remove()
     await cl.Message(content=f"Reviewer's decision: **{REVIEW_LABELS[decision['action']][0]}**"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +14,8 @@ from langgraph.errors import GraphBubbleUp, is_invalid_resume
 
 from graphs.state import AgentResult, Handoff
 from tools import telemetry
-from tools.local_llm import LocalRuntimeUnavailable
+from tools.gateway import AllModelsFailed, BudgetExceeded, ReviewDeclined
+from tools.local_llm import LocalRuntimeUnavailable, PromptTooLong
 from tools.models import LedgerEntry
 from tools.recording import MissingRecording
 
@@ -82,10 +84,16 @@ class Outcome:
         return {"results": [result], "ledger": [e.as_dict() for e in self.ledger]}
 
 
+def error_reference() -> str:
+    """A short random id shown to the user and logged with the failure's detail."""
+    return f"E-{secrets.token_hex(4)}"
+
+
 @asynccontextmanager
 async def specialist(agent: str, handoff: Handoff) -> AsyncIterator[Outcome]:
-    """Run a specialist body; an unexpected error becomes a failed result that says what broke
-    (logged with its traceback), so one broken branch never loses the rest of the turn."""
+    """Run a specialist body; an unexpected error becomes a failed result with a generic answer
+    and an error reference (the detail is logged with its traceback and kept in ``error``), so one
+    broken branch never loses the rest of the turn."""
     out = Outcome(agent, handoff)
     paused = False
     try:
@@ -95,6 +103,17 @@ async def specialist(agent: str, handoff: Handoff) -> AsyncIterator[Outcome]:
     except GraphBubbleUp:  # an interrupt (human review): the turn pauses and the node re-runs on resume
         paused = True
         raise
+    except PromptTooLong as exc:  # a clear message instead of the model's own exception
+        log.warning("%s specialist: %s", agent, exc)
+        out.fail(exc.message, error=f"{exc.code}: {exc.tokens} tokens > {exc.limit}")
+        out.evidence["error_code"] = exc.code
+    except (BudgetExceeded, ReviewDeclined) as exc:  # written for the user: passed on as is
+        log.warning("%s specialist: %s", agent, exc)
+        out.fail(str(exc), error=f"{type(exc).__name__}: {exc}")
+    except AllModelsFailed as exc:  # which providers failed, and how, is for the log and the audit trail
+        log.warning("%s specialist: %s", agent, exc)
+        out.fail(f"Sorry, the {agent} specialist could not answer this part: no model is reachable right now. "
+                 "Please try again shortly.", error=f"{type(exc).__name__}: {exc}")
     except LocalRuntimeUnavailable as exc:  # its message names the cause and the fix: pass it on as is
         log.error("%s specialist: %s", agent, exc)
         out.fail(str(exc), error=f"{exc.code}: {exc}")
@@ -103,11 +122,16 @@ async def specialist(agent: str, handoff: Handoff) -> AsyncIterator[Outcome]:
         if is_invalid_resume(exc):  # a malformed review decision: LangGraph keeps the interrupt pending
             paused = True
             raise
-        log.exception("%s specialist failed on %r", agent, out.subtask["task"])
+        # the detail (exception text: model limits, paths, SQL) goes to the log and the result's
+        # ``error`` (the audit trail), never into the answer; the reference ties the two together
+        ref = error_reference()
+        log.exception("%s specialist failed on %r (error reference %s)", agent, out.subtask["task"], ref)
         out.fail(
-            f"Sorry, the {agent} specialist could not answer this part ({type(exc).__name__}: {exc}).",
-            error=f"{type(exc).__name__}: {exc}",
+            f"Sorry, the {agent} specialist could not answer this part because of an internal error "
+            f"(reference {ref}).",
+            error=f"{type(exc).__name__}: {exc} (reference {ref})",
         )
+        out.evidence["error_ref"] = ref
     finally:  # latency and failures per agent (Prometheus), and the outcome on the node's span
         if not paused:
             telemetry.record_agent_outcome(agent, time.monotonic() - out.started, ok=out.ok)

@@ -3,12 +3,20 @@
 If nothing relevant is retrieved it says so, without calling a model at all. Citations are
 per *article*: the model cites passages ``[1]..[k]``; the answer the customer sees numbers the
 articles those passages come from, so two chunks of one article are one source.
+
+Knowledge-base text is data, not instructions. Passages reach the model between ``<passages>``
+tags under a rule saying nothing in them can change its rules or the store's policy; a document
+holding instruction-like text ("ignore previous instructions", ``knowledge.screening``) is left
+out of the prompt entirely (recorded as ``quarantined``), and passages from the configured help
+center (the curated source) come before other ingested documents.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -17,11 +25,15 @@ from agents import prompts
 from agents.base import context_block, specialist
 from agents.triage import looks_like_follow_up
 from graphs.state import Handoff
+from knowledge.screening import instruction_like
 from knowledge.store import Hit
 from switchboard.services import Services
 from tools.models import call_model
 
+log = logging.getLogger("switchboard.agents")
+
 TOP_K = 3
+SCREEN_DEPTH = 2  # search top_k times this many, so quarantined passages are replaced by the next ones
 MIN_SCORE = 0.30  # below this the best passage is unrelated (measured on the demo help center)
 PASSAGE_CHARS = 450
 PER_ARTICLE = False
@@ -57,13 +69,24 @@ class RAGAgent:
         async with specialist("rag", handoff) as out:
             question = out.subtask["task"]
             # off the event loop: embedding + Chroma are blocking, and other conversations' turns wait on it
-            hits = await asyncio.to_thread(
-                self.services.kb.search, search_query(handoff, question), k=self.top_k, per_source=self.per_article
+            found = await asyncio.to_thread(
+                self.services.kb.search, search_query(handoff, question), k=self.top_k * SCREEN_DEPTH,
+                per_source=self.per_article,
             )
+            hits, quarantined = screen(found)
+            hits = hits[: self.top_k]
+            if quarantined:
+                log.warning("rag: left out %d passage(s) of documents with instruction-like text: %s",
+                            len(quarantined), "; ".join(sorted({h.source for h in quarantined})))
+                out.evidence["quarantined"] = [
+                    {"title": h.title, "source": h.source, "reason": h.flagged or instruction_like(h.text)}
+                    for h in quarantined
+                ]
             out.evidence["retrieved"] = [
                 {"title": h.title, "source": h.source, "url": h.url, "score": round(h.score, 3)} for h in hits
             ]
-            relevant = [h for h in hits if h.score >= self.min_score]
+            relevant = curated_first([h for h in hits if h.score >= self.min_score],
+                                     self.services.settings.helpcenter_dir)
             if not relevant:
                 out.answer = NOT_FOUND
                 out.evidence["citations"] = []
@@ -98,9 +121,38 @@ def search_query(handoff: Handoff, question: str) -> str:
     return question
 
 
+def screen(hits: list[Hit]) -> tuple[list[Hit], list[Hit]]:
+    """(kept, quarantined): every passage of a document with instruction-like text is left out,
+    whether ingestion flagged the document or the retrieved passage itself shows it."""
+    bad = {h.source for h in hits if h.flagged or instruction_like(f"{h.title}\n{h.text}")}
+    return [h for h in hits if h.source not in bad], [h for h in hits if h.source in bad]
+
+
+def curated_first(hits: list[Hit], helpcenter_dir: Path | None) -> list[Hit]:
+    """Passages of the configured help center first, each group in rank order: when an ingested
+    document contradicts the curated one, the curated passage is the one numbered [1]."""
+    if helpcenter_dir is None:
+        return hits
+    root = str(Path(helpcenter_dir).absolute())
+    return sorted(hits, key=lambda h: not h.source.startswith(root.rstrip("/") + "/"))
+
+
+_DELIMITER = re.compile(r"</?\s*passages?\s*>", re.IGNORECASE)
+
+
 def format_passages(hits: list[Hit]) -> str:
-    """Numbered, whitespace-squashed, truncated passages: the prompt's ``{passages}``."""
-    return "\n".join(f"[{i}] {h.title}: {_squash(h.text)[:PASSAGE_CHARS]}" for i, h in enumerate(hits, 1))
+    """Numbered, whitespace-squashed, truncated passages: the prompt's ``{passages}`` (which the
+    prompt puts between ``<passages>`` tags; a tag inside a passage is defused so it cannot close them)."""
+    return "\n".join(
+        f"[{i}] {_DELIMITER.sub('(passage)', h.title)}: {_DELIMITER.sub('(passage)', _squash(h.text))[:PASSAGE_CHARS]}"
+        for i, h in enumerate(hits, 1)
+    )
+
+
+def source_ref(hit: Hit) -> str:
+    """What a citation shows: the article's URL, else its file name (``refunds.md``, or
+    ``faq.jsonl#12`` for a record), never the server's path to it."""
+    return hit.url or _file_ref(hit.source)
 
 
 _MARKER = re.compile(r"\[(\d+)\]")
@@ -112,8 +164,8 @@ def cite_articles(text: str, passages: list[Hit]) -> tuple[str, list[dict[str, A
 
     A marker beyond the passages is removed (it points at nothing the customer can check);
     ``[1] [2]`` on two chunks of one article becomes a single ``[1]``. Returns the text and
-    one citation per article: ``n``, ``title``, ``url`` (the source path when there is no URL),
-    ``source`` and the cited ``passages``.
+    one citation per article: ``n``, ``title``, ``url`` (the file name when there is no URL, see
+    :func:`source_ref`), ``source`` (the same reference) and the cited ``passages``.
     """
     numbers: dict[str, int] = {}
     citations: list[dict[str, Any]] = []
@@ -126,8 +178,8 @@ def cite_articles(text: str, passages: list[Hit]) -> tuple[str, list[dict[str, A
         if hit.source not in numbers:
             numbers[hit.source] = len(numbers) + 1
             citations.append(
-                {"n": numbers[hit.source], "title": hit.title, "url": hit.url or hit.source,
-                 "source": hit.source, "passages": []}
+                {"n": numbers[hit.source], "title": hit.title, "url": source_ref(hit),
+                 "source": _file_ref(hit.source), "passages": []}
             )
         cite = citations[numbers[hit.source] - 1]
         if n not in cite["passages"]:
@@ -144,7 +196,7 @@ def with_sources(text: str, citations: list[dict[str, Any]], consulted: list[Hit
     """The answer plus a Sources line, or a note naming what was consulted when nothing is cited."""
     if citations:
         return f"{text}\n\nSources: " + "; ".join(f"[{c['n']}] {c['title']} ({c['url']})" for c in citations)
-    seen = "; ".join(dict.fromkeys(f"{h.title} ({h.url or h.source})" for h in consulted))
+    seen = "; ".join(dict.fromkeys(f"{h.title} ({source_ref(h)})" for h in consulted))
     return f"{text}\n\n(Not traced to a passage; consulted: {seen})"
 
 
@@ -180,6 +232,11 @@ def _append_marker(sentence: str, n: int) -> str:
     s = sentence.rstrip()
     end = s[-1] if s[-1] in _END else ""
     return f"{s[: len(s) - len(end)]} [{n}]{end}{sentence[len(s):]}"
+
+
+def _file_ref(source: str) -> str:
+    path, sep, record = source.partition("#")
+    return f"{Path(path).name}{sep}{record}"
 
 
 def _squash(text: str) -> str:

@@ -83,8 +83,16 @@ def render_answer(template: str, result: QueryResult) -> str:
     query ran cannot know whether anything matched, so an empty result always says so plainly.
     One slot per column of a one-row result ("{result} has {result} albums") is filled in order.
     """
+    answer = _render(template, result)
+    note = result.cut_note()  # a result cut to its byte caps says so
+    return f"{answer}\n\n{note}" if note else answer
+
+
+def _render(template: str, result: QueryResult) -> str:
     rows = result.rows
     if not rows:
+        if result.size_capped:
+            return "The database returned a result too large to show here."
         return "I found no matching records in the database."
     slots = template.count("{result}")
     if slots > 1 and len(rows) == 1 and slots == len(rows[0]):
@@ -238,12 +246,14 @@ class SQLAgent:
         return sql
 
     def _sensitive(self, sql: str) -> list[str]:
-        """The configured sensitive columns a prepared query reads, when a reviewer can be asked
-        (inside a checkpointed graph run: direct calls, e.g. benchmarks, never pause)."""
-        columns = self.services.settings.sensitive_columns
-        if not columns or not review.reviewable():
+        """The sensitive columns a prepared query reads -- configured, plus those the database's
+        profile shows to hold contact data (``sensitive_from_profile``) -- inside a graph run
+        (direct calls, e.g. benchmarks, never pause; a run that cannot pause refuses them)."""
+        settings = self.services.settings
+        if not settings.sensitive_columns or review.review_mode() == "off":
             return []
         db = self.services.db
+        columns = review.sensitive_columns(settings.sensitive_columns, db, settings.sensitive_from_profile)
         return review.sensitive_reads(sql, db.column_map(), columns, db.dialect)
 
     def _run_reviewed(self, out: Outcome, sql: str, template: str, columns: list[str]) -> None:
@@ -255,6 +265,11 @@ class SQLAgent:
         known names) and runs instead of whatever was regenerated; the model's answer sentence is
         kept only when it was written for exactly that query."""
         question = out.subtask["task"]
+        if review.review_mode() != "interrupt":  # no checkpointer: no one can be asked, so it does not run
+            out.evidence["review"] = {"kind": review.SENSITIVE_SQL, "columns": columns, "action": "refused"}
+            out.fail(review.no_reviewer_refusal(question, columns),
+                     error="needs review, but this run cannot pause for one (no checkpointer)")
+            return
         decision = review.ask(review.sql_payload(out.subtask, sql, columns))
         verdict: dict[str, Any] = {"kind": review.SENSITIVE_SQL, "columns": columns, "action": decision.action}
         out.evidence["review"] = verdict

@@ -36,7 +36,13 @@ _LABELS = {"vision": "Read from the image", "sql": "In our records", "rag": "Fro
 
 
 async def synthesize(state: SupportState) -> dict[str, Any]:
-    answer = compose(state.get("subtasks") or [], state.get("results") or [])
+    triage = state.get("triage_log") or {}
+    if triage.get("refusal"):  # the message was refused whole (too long): no specialist ran
+        answer = str(triage["refusal"])
+    else:
+        answer = compose(state.get("subtasks") or [], state.get("results") or [])
+        if triage.get("skipped_note"):  # parts past the per-message cap: say which were not answered
+            answer = f"{answer}\n\n{triage['skipped_note']}"
     answer_id = (state.get("turn_meta") or {}).get("answer_id")  # the audit trail's and feedback's key
     return {"answer": answer, "messages": [AIMessage(content=answer, id=answer_id)]}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
@@ -17,7 +17,7 @@ from agents import prompts
 from graphs.state import Subtask
 from tools.gateway import AllModelsFailed
 from tools.intent import IntentClassifier, Prediction, RouteConfig
-from tools.local_llm import LocalRuntimeUnavailable
+from tools.local_llm import LocalRuntimeUnavailable, PromptTooLong
 from tools.models import LedgerEntry, ModelHandle, ModelRegistry, call_model
 
 log = logging.getLogger("switchboard.triage")
@@ -34,19 +34,42 @@ def looks_like_follow_up(text: str) -> bool:
     return bool(_FOLLOW_UP.search(text))
 
 
+def too_long_refusal(length: int, limit: int) -> str:
+    return (f"Your message is {length:,} characters long; I can take at most {limit:,} characters in one message, "
+            "so I did not act on it. Please shorten it, or send your questions a few at a time.")
+
+
+def skipped_parts_note(skipped: list[str], limit: int) -> str:
+    n = len(skipped)
+    return (f"(Your message has {limit + n} parts; I answer at most {limit} per message, so the last {n} "
+            f"part{'s were' if n != 1 else ' was'} not looked at: please send {'them' if n != 1 else 'it'} "
+            "again in another message.)")
+
+
 @dataclass
 class TriageDecision:
     subtasks: list[Subtask]
     llm_calls: int
     ledger: list[LedgerEntry]
     clauses: list[str]
+    # the whole message refused (too long to split): synthesis answers with this, no specialist runs
+    refusal: str = ""
+    # clauses past the per-message cap: not answered, and the answer says so (synthesis)
+    skipped: list[str] = field(default_factory=list)
+    skipped_note: str = ""
 
     def as_log(self) -> dict:
-        return {
+        out = {
             "clauses": self.clauses,
             "llm_calls": self.llm_calls,
             "subtasks": [s.model_dump() for s in self.subtasks],
         }
+        if self.refusal:
+            out["refusal"] = self.refusal
+        if self.skipped:
+            out["skipped_parts"] = len(self.skipped)
+            out["skipped_note"] = self.skipped_note
+        return out
 
 
 class Triage:
@@ -58,7 +81,13 @@ class Triage:
         threshold: float | None = None,
         use_llm: bool = True,
         voters: list[str] | tuple[str, ...] = (),
+        max_chars: int | None = None,
+        max_parts: int | None = None,
     ) -> None:
+        if (max_chars is not None and max_chars < 1) or (max_parts is not None and max_parts < 1):
+            raise ValueError("triage max_chars and max_parts must be at least 1")
+        self.max_chars = max_chars  # a longer message is refused whole, before it is split
+        self.max_parts = max_parts  # clauses past this many are not answered (the answer says so)
         self.voters = list(voters)
         if registry is not None:
             unknown = [v for v in self.voters if v not in registry.specs]
@@ -98,9 +127,18 @@ class Triage:
         self, text: str, *, has_image: bool, previous_agents: list[str] | None = None, policy: str | None = None
     ) -> TriageDecision:
         text = text.strip()
+        if self.max_chars is not None and len(text) > self.max_chars:
+            log.info("triage: refused a %d-character message (limit %d)", len(text), self.max_chars)
+            return TriageDecision(subtasks=[], llm_calls=0, ledger=[], clauses=[],
+                                  refusal=too_long_refusal(len(text), self.max_chars))
         if not text and has_image:
             text = "Please look at the attached image"
         clauses = self.split(text) if text else []
+        skipped: list[str] = []
+        if self.max_parts is not None and len(clauses) > self.max_parts:
+            skipped = [c for c, _ in clauses[self.max_parts:]]
+            clauses = clauses[: self.max_parts]
+            log.info("triage: %d parts past the limit of %d were not routed", len(skipped), self.max_parts)
         subtasks: list[Subtask] = []
         ledger: list[LedgerEntry] = []
         llm_calls = 0
@@ -129,7 +167,7 @@ class Triage:
                 elif self.use_llm:
                     try:
                         route, entry = await self._ask_llm(clause, has_image, policy)
-                    except (AllModelsFailed, LocalRuntimeUnavailable) as exc:
+                    except (AllModelsFailed, LocalRuntimeUnavailable, PromptTooLong) as exc:
                         # routing degrades to the classifier's guess; the specialist reports the outage
                         log.warning("triage LLM unavailable (%s): keeping the classifier's guess", exc)
                         reason = (f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); "
@@ -147,7 +185,9 @@ class Triage:
         if has_image and not any(s.agent == "vision" for s in subtasks):
             subtasks.insert(0, self._image_subtask(text, clauses))
         subtasks = _wire_image_dependencies(subtasks)
-        decision = TriageDecision(subtasks=subtasks, llm_calls=llm_calls, ledger=ledger, clauses=[c for c, _ in clauses])
+        decision = TriageDecision(subtasks=subtasks, llm_calls=llm_calls, ledger=ledger, clauses=[c for c, _ in clauses],
+                                  skipped=skipped,
+                                  skipped_note=skipped_parts_note(skipped, self.max_parts or 0) if skipped else "")
         for s in subtasks:
             log.info("route %s -> %s (%s) scores=%s", s.task, s.agent, s.reason, s.scores)
         return decision

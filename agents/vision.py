@@ -1,6 +1,7 @@
 """The vision specialist: questions about an uploaded image.
 
-The upload is validated first (type by content, size, pixels, frames). With a vision-capable
+The upload is validated first: only a file inside the uploads folder is opened (whichever door
+set ``image_path``), then its type by content, size, pixels, frames. With a vision-capable
 model available for the agent's tier, the image goes to it; otherwise the offline path reads
 the image with OCR, extracts receipt fields by layout, and the local model answers from that
 text, saying plainly what could not be read.
@@ -16,7 +17,7 @@ from agents import prompts
 from agents.base import Outcome, context_block, specialist
 from graphs.state import Handoff
 from switchboard.services import Services
-from tools.images import ImageRejected, ValidatedImage, validate_image_file
+from tools.images import ImageRejected, ValidatedImage, uploads_dir, validate_upload
 from tools.models import ModelSpec, RegistryError, call_model
 
 OCR_CHARS = 1200
@@ -33,7 +34,8 @@ class VisionAgent:
                 out.fail("No image is attached. Please attach the receipt, screenshot or photo you mean.")
                 return out.update()
             try:
-                image = validate_image_file(path)
+                # only inside the uploads folder, whichever door set image_path (tools/images.py)
+                image = validate_upload(path, uploads_dir(self.services.settings.data_dir))
             except ImageRejected as exc:
                 out.fail(exc.message, error=f"image rejected: {exc.message}")
                 return out.update()

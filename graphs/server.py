@@ -8,7 +8,11 @@ are opened on first use, so the server starts in seconds and replay never loads 
 
 Input per run: ``{"question": ..., "image_path": null, "messages": [{"role": "user", "content": ...}]}``
 (``image_path`` must be sent, even as null: it is ordinary state and would otherwise carry over
-from the thread's previous turn); context: ``{"policy": "balanced"}``.
+from the thread's previous turn); context: ``{"policy": "balanced"}``. ``image_path`` is opened
+only inside ``<data_dir>/uploads`` (tools/images.py ``validate_upload``; anything else gets one
+refusal that says nothing about the file). The server's checkpointer makes human review work as
+at the other doors; run without one (a bare ``graph.ainvoke``), a query that needs review is
+refused instead of run (tools/review.py ``review_mode``).
 """
 
 from __future__ import annotations

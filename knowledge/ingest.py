@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Literal
 
 from knowledge.loaders import DEFAULT_MAX_BYTES, Document, SkippedFile, is_supported, load_file
+from knowledge.screening import instruction_like
 from knowledge.store import Chunk, KnowledgeStore, SourceInfo
 
-SPLITTER_VERSION = 1
-"""Bump when chunking logic changes, so every document is re-chunked on the next run."""
+SPLITTER_VERSION = 2
+"""Bump when chunking logic or the stored metadata changes, so every document is re-chunked on
+the next run. 2: documents carry ``flagged`` (instruction-like text, ``knowledge.screening``)."""
 
 Outcome = Literal["added", "updated", "unchanged"]
 
@@ -208,6 +210,7 @@ def _ingest_document(
         file=doc.file,
         content_hash=digest,
         splitter=tag,
+        flagged=instruction_like(f"{doc.title}\n{doc.text}"),
     )
     return ("added" if known is None else "updated"), written
 

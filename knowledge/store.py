@@ -6,7 +6,8 @@ MiniLM model (``tools.embeddings``): Chroma's default embedding function would t
 download a model, which fails offline, so it is never allowed to run.
 
 Every chunk carries ``source`` (document identity), ``file``, ``title``, ``url``, ``chunk``
-(position), ``chunks`` (total), ``section``, ``content_hash`` and ``splitter``. Chunk 0 of a
+(position), ``chunks`` (total), ``section``, ``content_hash``, ``splitter`` and ``flagged`` (the
+instruction-like line found in the document, see ``knowledge.screening``; empty if none). Chunk 0 of a
 document is its *marker*: ingestion compares its ``content_hash`` to decide whether a
 document changed, and it is always written last so an interrupted write never looks complete.
 """
@@ -56,6 +57,7 @@ class Hit:
     chunk: int
     score: float
     section: str = ""
+    flagged: str = ""  # the document holds instruction-like text (``knowledge.screening``): not evidence
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ class KnowledgeStore:
         file: str = "",
         content_hash: str,
         splitter: str = "",
+        flagged: str = "",
     ) -> int:
         """Replace everything stored for ``source`` with ``chunks``; returns the chunk count.
 
@@ -248,6 +251,7 @@ class KnowledgeStore:
             "content_hash": content_hash,
             "splitter": splitter,
             "chunks": len(chunks),
+            "flagged": flagged,
         }
         metadatas = [{**base, "chunk": i, "section": c.section} for i, c in enumerate(chunks)]
         embeddings = self.embedder.embed([embedding_text(title, c) for c in chunks])
@@ -307,6 +311,7 @@ class KnowledgeStore:
                 chunk=int(meta.get("chunk", 0)),
                 score=round(1.0 - float(dist), 4),
                 section=str(meta.get("section", "")),
+                flagged=str(meta.get("flagged", "")),
             )
             for doc, meta, dist in zip(docs, metas, dists, strict=True)
         ]

@@ -25,13 +25,19 @@ from langgraph.types import Command
 from agents.synthesis import compose, remember
 from graphs.state import Context, turn_policy
 from graphs.support import build_support_graph, turn_input
+from switchboard.access import Access, Principal, ReviewForbidden, ThreadNotFound
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
 from tools import review
 from tools.audit import build_turn_record
+from tools.images import stash_local_image, uploads_dir
 from tools.local_llm import LocalRuntimeUnavailable
 from tools.review import ReviewError  # noqa: F401 - re-exported: what resume() raises for a bad decision
+
+# re-exported: what the ownership and review checks raise (switchboard/access.py)
+__all__ = ["NoPendingReview", "ReviewError", "ReviewForbidden", "ReviewPending", "Switchboard", "ThreadNotFound",
+           "TurnResult"]
 
 log = logging.getLogger("switchboard.api")
 
@@ -143,9 +149,15 @@ def report_subtasks(state: dict[str, Any]) -> list[SubtaskReport]:
 
 
 class Switchboard:
-    def __init__(self, graph: Any, services: Services) -> None:
+    """Every method acts for a principal (``switchboard/access.py``): by default this process's
+    local one (``Settings.principal``); a door that authenticates people passes theirs. A thread
+    owned by someone else raises :class:`ThreadNotFound`, like one that does not exist."""
+
+    def __init__(self, graph: Any, services: Services, principal: Principal | None = None) -> None:
         self.graph = graph
         self.services = services
+        self.principal = principal or Principal.local(services.settings)
+        self.access = Access(services.audit)
 
     @classmethod
     @asynccontextmanager
@@ -162,11 +174,15 @@ class Switchboard:
         thread_id: str | None = None,
         image: str | Path | None = None,
         policy: str | None = None,
+        principal: Principal | None = None,
     ) -> TurnResult:
         """Answer one turn. A turn that pauses for human review comes back with ``pending_review``
         set (continue it with :meth:`resume`); asking again on a paused thread raises
         :class:`ReviewPending`. A turn that a crash left part-way is finished first (its answer
-        goes into the conversation and the audit trail), so no question is silently dropped."""
+        goes into the conversation and the audit trail), so no question is silently dropped.
+        A ``thread_id`` owned by another principal raises :class:`ThreadNotFound`."""
+        thread_id = thread_id or uuid.uuid4().hex
+        await self.access.check_turn(self.graph, thread_id, principal or self.principal)
         if thread_id:
             snapshot = await self.graph.aget_state(_config(thread_id))
             if pending := review.pending_reviews(snapshot):
@@ -174,7 +190,8 @@ class Switchboard:
             if _cut_off(snapshot):
                 log.warning("thread %s has an unfinished turn (crash?): finishing it before the new one", thread_id)
                 await self.finish_cut_off(snapshot, thread_id)
-        thread_id = thread_id or uuid.uuid4().hex
+        if image:  # the graph opens only uploads: a local caller's file is copied in (tools/images.py)
+            image = await asyncio.to_thread(stash_local_image, image, uploads_dir(self.services.settings.data_dir))
         started = time.monotonic()
         state = await self.graph.ainvoke(
             turn_input(question, str(image) if image else None),
@@ -192,26 +209,32 @@ class Switchboard:
         return await self._turn_result(state, thread_id, started)
 
     # --- human review (tools/review.py): a turn paused by interrupt() -------------------------
-    async def pending_reviews(self, thread_id: str) -> list[dict[str, Any]]:
+    async def pending_reviews(self, thread_id: str, *, principal: Principal | None = None) -> list[dict[str, Any]]:
         """What the thread's paused turn waits for: ``[{"id": interrupt id, "kind", "question", ...}]``
         (``sensitive_sql``: ``sql``, ``columns``; ``cost``: ``model``, ``estimate_usd``, ``spent_usd``,
-        ``limit_usd``); empty when nothing is paused."""
+        ``limit_usd``); empty when nothing is paused. Its owner, admins and reviewers may look."""
+        await self.access.check_see_reviews(self.graph, thread_id, principal or self.principal)
         return review.pending_reviews(await self.graph.aget_state(_config(thread_id)))
 
     async def resume(self, thread_id: str, decision: dict[str, Any] | str = "approve", *,
-                     interrupt_id: str | None = None) -> TurnResult:
+                     interrupt_id: str | None = None, principal: Principal | None = None) -> TurnResult:
         """Continue a paused turn with a reviewer's decision (``Command(resume={id: value})``).
 
         ``decision`` is ``"approve"``/``"reject"``, ``{"action": "approve"|"reject"|"edit", "sql": ...}``
         (an approval runs the query the reviewer was shown; an edit runs ``sql``), or a map
         ``{interrupt id: decision}``. It applies to ``interrupt_id``'s review, else to every pending
         one (an edit needs exactly one). The turn may pause again (another review) or finish.
-        Raises :class:`NoPendingReview` if nothing waits, :class:`ReviewError` for a bad decision."""
+        Raises :class:`NoPendingReview` if nothing waits, :class:`ReviewError` for a bad decision,
+        :class:`ThreadNotFound` / :class:`ReviewForbidden` when ``principal`` may not decide it
+        (separation of duties, ``switchboard/access.py``). Each decision goes to the audit trail."""
+        who = principal or self.principal
+        owner = await self.access.check_review(self.graph, thread_id, who)
         snapshot = await self.graph.aget_state(_config(thread_id))
         pending = review.pending_reviews(snapshot)
         if not pending:
             raise NoPendingReview(f"conversation {thread_id!r} has no turn waiting for review")
         values = review.resume_map(pending, decision, interrupt_id)
+        await record_decisions(self.services.audit, thread_id, pending, values, who, owner)
         return await self._continue(snapshot, thread_id, Command(resume=values))
 
     async def _turn_result(self, state: dict[str, Any], thread_id: str, started: float) -> TurnResult:
@@ -239,11 +262,12 @@ class Switchboard:
         self.services.audit.record_feedback(answer_id, score, comment)
 
     # --- crash recovery: a turn whose process died part-way (not a human-review pause) ---------
-    async def unfinished(self, thread_id: str) -> bool:
+    async def unfinished(self, thread_id: str, *, principal: Principal | None = None) -> bool:
         """Did this thread's last turn stop part-way (process killed, crash)?
 
         True when its last checkpoint still has nodes to run and none of them waits on a human
         (``interrupt()``): a paused turn is resumed with a decision, not recovered."""
+        await self.access.check_read(self.graph, thread_id, principal or self.principal)
         return _cut_off(await self.graph.aget_state(_config(thread_id)))
 
     async def finish_cut_off(self, snapshot: Any, thread_id: str) -> TurnResult | None:
@@ -265,12 +289,14 @@ class Switchboard:
                                      f"it failed again when it was retried ({type(exc).__name__})")
             return None
 
-    async def recover(self, thread_id: str) -> TurnResult:
+    async def recover(self, thread_id: str, *, principal: Principal | None = None) -> TurnResult:
         """Finish a turn that stopped part-way, from its last checkpoint (LangGraph input ``None``).
 
         Only unfinished work runs again: a specialist whose result was checkpointed before the
         crash (a pending write of the interrupted step) is not called again, and the turn's audit
-        record is written once. Raises LookupError if the thread has no unfinished turn."""
+        record is written once. Raises LookupError if the thread has no unfinished turn (or is not
+        this principal's: :class:`ThreadNotFound`)."""
+        await self.access.check_turn(self.graph, thread_id, principal or self.principal)
         snapshot = await self.graph.aget_state(_config(thread_id))
         if not _cut_off(snapshot):
             raise LookupError(f"thread {thread_id!r} has no unfinished turn to recover")
@@ -326,6 +352,16 @@ class RecoveryGuard:
                 log.exception("audit: could not record the closed turn on %s", thread_id)
         log.warning("thread %s: closed a cut-off turn as failed (%s)", thread_id, why)
         return text
+
+
+async def record_decisions(audit: Any, thread_id: str, pending: list[dict[str, Any]],
+                           values: dict[str, dict[str, Any]], who: Principal, owner: str | None) -> None:
+    """Write each review decision, with who made it, to the audit trail (before it runs)."""
+    kinds = {r["id"]: r.get("kind") for r in pending}
+    for interrupt_id, value in values.items():
+        await asyncio.to_thread(audit.record_review_decision, thread_id=thread_id, interrupt_id=interrupt_id,
+                                action=str(value.get("action")), reviewer=who.name, owner=owner, door=who.door,
+                                kind=kinds.get(interrupt_id), sql=value.get("sql"))
 
 
 def _config(thread_id: str) -> dict[str, Any]:

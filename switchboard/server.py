@@ -6,8 +6,8 @@ Any OpenAI client can talk to it (``base_url=http://host:8000/v1``, ``api_key=ke
 
 * ``POST /v1/chat/completions`` — the **last user message is the turn**; earlier messages in the
   request are ignored because the server keeps the conversation itself (checkpointer). The
-  conversation is named by the ``X-Conversation-Id`` header, else the ``user`` field, else a new
-  id; the id is always returned in the ``X-Conversation-Id`` response header (and in the body's
+  conversation is named by the ``X-Conversation-Id`` header, else the ``user`` field (as a keyed
+  hash: ``user`` is often an e-mail address), else a new id; the id is always returned in the ``X-Conversation-Id`` response header (and in the body's
   ``switchboard`` block). ``model`` selects the routing policy: ``switchboard`` (the server's
   default), ``cost-saver``, ``balanced`` or ``best-quality``; anything else is a 404
   ``model_not_found``, so a misconfigured client fails loudly instead of silently getting a
@@ -28,8 +28,15 @@ Any OpenAI client can talk to it (``base_url=http://host:8000/v1``, ``api_key=ke
   counts, latencies, tokens and costs, never conversation content.
 
 Every ``/v1`` call needs ``Authorization: Bearer <key>`` with a key from ``SWITCHBOARD_API_KEYS``
-(comma-separated). Keys are service credentials for trusted backends: any valid key may read any
-conversation. Without keys the server refuses to start unless ``--insecure-no-auth`` is given.
+(comma-separated ``name=key`` entries; a plain ``key`` is named ``key-<first 12 hex of its
+SHA-256>``) or from the file ``SWITCHBOARD_API_KEYS_FILE`` (one ``name=key`` a line, ``#``
+comments). A key's name is its principal (``switchboard/access.py``): a conversation belongs to
+the principal that started it, and another principal's conversation is a 404 like a missing one
+(admins, ``SWITCHBOARD_ADMINS``, may read every conversation). Deciding a review needs a reviewer
+(``SWITCHBOARD_REVIEWERS``) who does not own the conversation (403 otherwise); reviewers see
+pending reviews with ``GET /v1/reviews`` and ``GET /v1/threads/{id}/review``, without being able to
+continue or read the conversation. Without keys the server refuses to start unless
+``--insecure-no-auth`` is given (then everyone is the single principal ``anonymous``).
 Errors always use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; internal
 errors are logged here and answered with a generic message, never a stack trace.
 """
@@ -43,7 +50,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
+import secrets
 import shutil
 import time
 import uuid
@@ -61,6 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from switchboard.access import HTTP, Principal, ReviewForbidden, ThreadNotFound
 from switchboard.api import (
     RUNTIME_UNAVAILABLE,
     NoPendingReview,
@@ -72,7 +82,9 @@ from switchboard.api import (
 )
 from switchboard.settings import Settings
 from tools import metrics
+from tools import review as review_tools
 from tools.images import MAX_BYTES as MAX_IMAGE_BYTES
+from tools.images import ImageRejected, sniff_upload
 
 log = logging.getLogger("switchboard.server")
 BodyT = TypeVar("BodyT", bound=BaseModel)
@@ -101,14 +113,44 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", env_file=".env", extra="ignore", frozen=True)
 
-    api_keys: SecretStr | None = None  # comma-separated
+    api_keys: SecretStr | None = None  # comma-separated: name=key (a plain key is named key-<sha256 prefix>)
+    api_keys_file: Path | None = None  # one name=key a line (# comments); added to api_keys
     max_request_bytes: int = 1024 * 1024
     max_image_request_bytes: int = 14 * 1024 * 1024
     max_image_bytes: int = MAX_IMAGE_BYTES
+    # keys the hash that turns the ``user`` field into a conversation id; unset: a random key kept
+    # in the data dir (set it when several servers with their own data dirs share conversations)
+    user_id_key: SecretStr | None = None
 
     def key_list(self) -> list[str]:
+        """The configured entries (``name=key`` or ``key``), from the variable then the file."""
         raw = self.api_keys.get_secret_value() if self.api_keys else ""
-        return [k.strip() for k in raw.split(",") if k.strip()]
+        entries = [k.strip() for k in raw.split(",") if k.strip()]
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            entries += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return entries
+
+
+_KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._@-]{0,63}")
+
+
+def key_name(key: str) -> str:
+    """A plain key's stable, non-secret principal name."""
+    return "key-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+def parse_key_entries(entries: Sequence[str]) -> list[tuple[str, str]]:
+    """``name=key`` or a plain ``key`` -> ``(principal, key)``. An entry is named only when the text
+    before its first ``=`` is a name and the rest does not start with ``=`` (base64 padding)."""
+    out = []
+    for entry in entries:
+        name, sep, key = entry.strip().partition("=")
+        if sep and _KEY_NAME.fullmatch(name.strip()) and key.strip() and not key.startswith("="):
+            out.append((name.strip(), key.strip()))
+        elif entry.strip():
+            out.append((key_name(entry.strip()), entry.strip()))
+    return out
 
 
 class MissingAPIKeys(RuntimeError):
@@ -198,22 +240,38 @@ def _digest(value: str) -> bytes:
 def key_matches(candidate: str, key_digests: Sequence[bytes]) -> bool:
     """Constant-time check against every key: hashing first makes all comparisons equal-length,
     and no early exit means the time taken does not reveal which key (if any) matched."""
+    return key_owner(candidate, [("", d) for d in key_digests]) is not None
+
+
+def key_owner(candidate: str, named_digests: Sequence[tuple[str, bytes]]) -> str | None:
+    """The name of the key that matches (constant-time over all keys, like :func:`key_matches`)."""
     probe = _digest(candidate)
-    matched = False
-    for digest in key_digests:
-        matched |= hmac.compare_digest(probe, digest)
-    return matched
+    found: str | None = None
+    for name, digest in named_digests:
+        if hmac.compare_digest(probe, digest) and found is None:
+            found = name
+    return found
 
 
-def make_auth_dependency(keys: Sequence[str] | None):
-    """A FastAPI dependency that admits ``Authorization: Bearer <key>`` (``None``: no auth)."""
-    digests = [_digest(k) for k in keys] if keys is not None else None
+ANONYMOUS = "anonymous"  # everyone, when the server runs with --insecure-no-auth
 
-    async def require_api_key(request: Request) -> None:
-        if digests is None:
-            return
+
+def make_auth_dependency(keys: Sequence[tuple[str, str]] | None, settings: Settings | None = None):
+    """A FastAPI dependency that admits ``Authorization: Bearer <key>`` and returns the key's
+    :class:`Principal` (``keys=None``: no auth, everyone is the single-user ``anonymous``)."""
+    settings = settings or Settings()
+    named = [(name, _digest(k)) for name, k in keys] if keys is not None else None
+    principals = {name: Principal.named(name, HTTP, settings) for name, _ in keys or ()}
+    nobody = Principal.named(ANONYMOUS, HTTP, settings, single_user_default=True)
+
+    async def require_api_key(request: Request) -> Principal:
+        if named is None:
+            request.state.principal = nobody
+            return nobody
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip() or not key_matches(token.strip(), digests):
+        name = key_owner(token.strip(), named) if scheme.lower() == "bearer" and token.strip() else None
+        if name is None:
+            request.state.principal = None
             raise APIError(
                 401,
                 "Missing or invalid API key. Send one of the keys in SWITCHBOARD_API_KEYS as "
@@ -221,6 +279,8 @@ def make_auth_dependency(keys: Sequence[str] | None):
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        request.state.principal = principals[name]
+        return principals[name]
 
     return require_api_key
 
@@ -276,6 +336,8 @@ def parse_body(body: bytes, model: type[BodyT]) -> BodyT:
     except json.JSONDecodeError as exc:
         raise APIError(400, f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
                        code="invalid_json") from exc
+    except RecursionError as exc:  # ~1,000 nested arrays/objects: the decoder's recursion limit
+        raise APIError(400, "The request body is nested too deeply.", code="invalid_json") from exc
     if not isinstance(payload, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_request_body")
     try:
@@ -283,6 +345,8 @@ def parse_body(body: bytes, model: type[BodyT]) -> BodyT:
     except ValidationError as exc:
         message, param = _validation_message(exc)
         raise APIError(400, message, code="invalid_request_body", param=param) from exc
+    except RecursionError as exc:
+        raise APIError(400, "The request body is nested too deeply.", code="invalid_request_body") from exc
 
 
 def policy_for(model: str, default: str) -> str:
@@ -309,17 +373,46 @@ def valid_conversation_id(value: str, param: str) -> str:
     return value
 
 
-def conversation_id(header: str | None, user: str | None) -> str:
-    """The thread a request continues: the header, else the ``user`` field, else a new one."""
+def conversation_id(header: str | None, user: str | None, user_key: bytes) -> str:
+    """The thread a request continues: the header, else the ``user`` field, else a new one.
+
+    ``user`` is often an e-mail address or a name: the thread id (stored in checkpoints, the audit
+    trail and the ledger, sent back in ``X-Conversation-Id``) is a keyed hash of it, so the same
+    user always continues the same conversation but no id carries personal data or can be
+    recomputed from a guessed address without the key.
+    """
     if header:
         return valid_conversation_id(header, CONVERSATION_HEADER)
     if user:
-        return valid_conversation_id(user, "user")
+        return user_conversation_id(user, user_key)
     return f"conv-{uuid.uuid4().hex}"
 
 
+def user_conversation_id(user: str, key: bytes) -> str:
+    """``user-`` and 128 bits of HMAC-SHA256(key, user)."""
+    return "user-" + hmac.new(key, user.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def user_id_key(server: ServerSettings, data_dir: Path) -> bytes:
+    """The key for :func:`user_conversation_id`: ``SWITCHBOARD_USER_ID_KEY``, else a random key
+    created once in ``data_dir/user-id.key`` (owner-only), so ids survive restarts."""
+    if server.user_id_key is not None:
+        return server.user_id_key.get_secret_value().encode("utf-8")
+    path = Path(data_dir) / "user-id.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secrets.token_hex(32))
+    return path.read_bytes().strip()
+
+
 def decode_image(url: str, max_bytes: int) -> tuple[bytes, str | None]:
-    """Decode a ``data:`` URL. Remote URLs are refused: the server never fetches on a client's behalf."""
+    """Decode a ``data:`` URL; the MIME type returned is the one its content shows (the URL's own is
+    ignored), and anything but a supported raster image is refused. Remote URLs are refused: the
+    server never fetches on a client's behalf."""
     match = _DATA_URL.fullmatch(url.strip())
     if not match:
         raise APIError(400, "image_url must be a base64 data: URL (data:image/png;base64,...); "
@@ -335,7 +428,11 @@ def decode_image(url: str, max_bytes: int) -> tuple[bytes, str | None]:
                        param="messages.content.image_url") from exc
     if len(raw) > max_bytes:
         raise _too_large(max_bytes, "The image")
-    return raw, match["mime"]
+    try:  # typed by its bytes, never by the client's MIME type: only rasters the vision path reads
+        kind = sniff_upload(raw, "The attached file")
+    except ImageRejected as exc:
+        raise APIError(400, exc.message, code="unsupported_image", param="messages.content.image_url") from exc
+    return raw, kind.mime
 
 
 def user_turn(messages: Sequence[ChatMessage], max_image_bytes: int) -> UserTurn:
@@ -360,6 +457,16 @@ def user_turn(messages: Sequence[ChatMessage], max_image_bytes: int) -> UserTurn
     return UserTurn(text or IMAGE_ONLY_QUESTION, raw, mime)
 
 
+_BASE64_RUN = re.compile(rb";base64,[A-Za-z0-9+/=\\]*")
+
+
+def _image_payload_bytes(body: bytes) -> int:
+    """Length of the longest base64 run after ``;base64,`` in the raw body: what an image may add
+    to the text limit. Only the larger image limit is allowed for it, and only when it is there,
+    so a big text-only body is refused (413) before any JSON parsing."""
+    return max((len(m) for m in _BASE64_RUN.findall(body)), default=0)
+
+
 @dataclass(frozen=True)
 class TurnRequest:
     """A checked chat-completions request: everything needed to run and answer the turn."""
@@ -376,13 +483,15 @@ class TurnRequest:
 async def read_turn_request(request: Request, server: ServerSettings, default_policy: str) -> TurnRequest:
     """Read, parse and check a request; every problem is an :class:`APIError` naming it."""
     body = await read_limited_body(request, max(server.max_request_bytes, server.max_image_request_bytes))
+    if len(body) - _image_payload_bytes(body) > server.max_request_bytes:  # before parsing: no image pays for it
+        raise _too_large(server.max_request_bytes, "A request without an image")
     req = parse_chat_request(body)
     turn = user_turn(req.messages, server.max_image_bytes)
     if turn.image is None and len(body) > server.max_request_bytes:
         raise _too_large(server.max_request_bytes, "A request without an image")
     return TurnRequest(
         turn=turn,
-        conversation=conversation_id(request.headers.get(CONVERSATION_HEADER), req.user),
+        conversation=conversation_id(request.headers.get(CONVERSATION_HEADER), req.user, request.app.state.user_key),
         policy=policy_for(req.model, default_policy),
         model=req.model,
         stream=req.stream,
@@ -421,7 +530,7 @@ def _save_upload(uploads: Path, data: bytes, mime: str | None) -> Path:
 
 
 async def run_turn(board: Switchboard, locks: ConversationLocks, turn: UserTurn, conversation: str,
-                   policy: str) -> TurnResult:
+                   policy: str, principal: Principal | None = None) -> TurnResult:
     """Answer one turn. The upload lives only while the turn runs (it may be a private receipt)."""
     async with locks.get(conversation):
         upload = None
@@ -429,7 +538,7 @@ async def run_turn(board: Switchboard, locks: ConversationLocks, turn: UserTurn,
             uploads = board.services.settings.data_dir / "uploads"
             upload = await asyncio.to_thread(_save_upload, uploads, turn.image, turn.image_mime)
         try:
-            return await board.ask(turn.text, thread_id=conversation, image=upload, policy=policy)
+            return await board.ask(turn.text, thread_id=conversation, image=upload, policy=policy, principal=principal)
         finally:
             if upload is not None:
                 await asyncio.to_thread(shutil.rmtree, upload.parent, True)
@@ -586,6 +695,15 @@ class ReviewRequest(BaseModel):
     interrupt_id: str | None = None  # which review, when several are pending (default: all)
 
 
+def not_found(conversation: str) -> APIError:
+    """Missing, or another principal's: the same answer, so ids cannot be probed."""
+    return APIError(404, f"No conversation with id {conversation!r}.", code="thread_not_found")
+
+
+def forbidden(exc: ReviewForbidden) -> APIError:
+    return APIError(403, str(exc), type="permission_error", code="review_not_allowed")
+
+
 def review_pending_error(exc: ReviewPending) -> APIError:
     return APIError(409, f"Conversation {exc.thread_id!r} is waiting for review: decide it with POST "
                     f"/v1/threads/{exc.thread_id}/review before sending another message.", code="review_pending")
@@ -622,10 +740,15 @@ def _install_error_handlers(app: FastAPI) -> None:
                               type="server_error", code="internal_error")
 
 
-def resolve_api_keys(api_keys: Sequence[str] | None, server: ServerSettings, insecure_no_auth: bool) -> list[str] | None:
-    """The keys to require, or ``None`` for no authentication (only when explicitly asked)."""
-    keys = [k for k in (api_keys if api_keys is not None else server.key_list()) if k]
+def resolve_api_keys(api_keys: Sequence[str] | None, server: ServerSettings,
+                     insecure_no_auth: bool) -> list[tuple[str, str]] | None:
+    """The ``(principal, key)`` pairs to require, or ``None`` for no authentication (only when
+    explicitly asked)."""
+    keys = parse_key_entries([k for k in (api_keys if api_keys is not None else server.key_list()) if k])
+    if len({name for name, _ in keys}) != len(keys):
+        raise ValueError("SWITCHBOARD_API_KEYS: two keys have the same name")
     if keys:
+        log.info("API key principals: %s", ", ".join(name for name, _ in keys))
         return keys
     if insecure_no_auth:
         log.warning("the HTTP API is running WITHOUT authentication (--insecure-no-auth): "
@@ -665,9 +788,10 @@ def create_app(
 
     app = FastAPI(title="Switchboard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.locks = ConversationLocks()
+    app.state.user_key = user_id_key(server, settings.data_dir)
     app.state.background = set()
     _install_error_handlers(app)
-    authed = [Depends(make_auth_dependency(keys))]
+    authed = [Depends(make_auth_dependency(keys, settings))]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -683,21 +807,33 @@ def create_app(
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "switchboard"}
                                            for name in (DEFAULT_MODEL, *POLICIES)]}
 
+    def caller_of(request: Request) -> Principal:
+        """Who sent the request: set by the auth dependency every /v1 route has."""
+        return request.state.principal
+
     @app.post("/v1/chat/completions", dependencies=authed, response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        caller = caller_of(request)
         turn = await read_turn_request(request, server, settings.routing_policy)
         board: Switchboard = request.app.state.board
         locks: ConversationLocks = request.app.state.locks
         headers = {CONVERSATION_HEADER: turn.conversation}
-        log.info("turn %s conversation=%s policy=%s image=%s stream=%s", turn.completion_id, turn.conversation,
-                 turn.policy, turn.turn.image is not None, turn.stream)
-        if pending := await board.pending_reviews(turn.conversation):
+        log.info("turn %s conversation=%s policy=%s image=%s stream=%s principal=%s", turn.completion_id,
+                 turn.conversation, turn.policy, turn.turn.image is not None, turn.stream, caller.name)
+        try:  # another principal's conversation is "not found": nothing of it is read or continued
+            await board.access.check_turn(board.graph, turn.conversation, caller)
+            pending = await board.pending_reviews(turn.conversation, principal=caller)
+        except ThreadNotFound as exc:
+            raise not_found(turn.conversation) from exc
+        if pending:
             raise review_pending_error(ReviewPending(turn.conversation, pending))
         if not turn.stream:
             try:
-                result = await run_turn(board, locks, turn.turn, turn.conversation, turn.policy)
+                result = await run_turn(board, locks, turn.turn, turn.conversation, turn.policy, caller)
             except ReviewPending as exc:  # paused by a concurrent request after the check above
                 raise review_pending_error(exc) from exc
+            except ThreadNotFound as exc:
+                raise not_found(turn.conversation) from exc
             except Exception as exc:  # answered here, not by the last-resort handler: the connection stays usable
                 log.exception("turn %s failed", turn.completion_id)
                 raise APIError(500, TURN_FAILED, type="server_error", code="internal_error") from exc
@@ -706,7 +842,7 @@ def create_app(
             return JSONResponse(completion_body(result, turn.completion_id, turn.model), headers=headers)
         # the turn runs as its own task: a client that disconnects mid-stream does not cut a turn
         # (and its checkpoint) in half
-        task = asyncio.create_task(run_turn(board, locks, turn.turn, turn.conversation, turn.policy))
+        task = asyncio.create_task(run_turn(board, locks, turn.turn, turn.conversation, turn.policy, caller))
         request.app.state.background.add(task)
         task.add_done_callback(request.app.state.background.discard)
         task.add_done_callback(_log_failure)
@@ -715,39 +851,80 @@ def create_app(
                                  headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/threads/{thread_id}", dependencies=authed)
-    async def get_thread(thread_id: str, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+    async def get_thread(thread_id: str, request: Request,
+                         limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+        caller = caller_of(request)
         conversation = valid_conversation_id(thread_id, "thread_id")
-        history = await thread_history(app.state.board.graph, conversation, limit)
+        board: Switchboard = app.state.board
+        try:  # the owner or an admin
+            await board.access.check_read(board.graph, conversation, caller)
+        except ThreadNotFound as exc:
+            raise not_found(conversation) from exc
+        history = await thread_history(board.graph, conversation, limit)
         if history is None:
-            raise APIError(404, f"No conversation with id {conversation!r}.", code="thread_not_found")
+            raise not_found(conversation)
         return history
 
-    async def _reviews(conversation: str) -> list[dict[str, Any]]:
+    async def _reviews(conversation: str, caller: Principal) -> list[dict[str, Any]]:
         board: Switchboard = app.state.board
         snapshot = await board.graph.aget_state({"configurable": {"thread_id": conversation}})
         if not snapshot.values:
-            raise APIError(404, f"No conversation with id {conversation!r}.", code="thread_not_found")
-        return await board.pending_reviews(conversation)
+            raise not_found(conversation)
+        try:  # the owner, an admin or a reviewer
+            return await board.pending_reviews(conversation, principal=caller)
+        except ThreadNotFound as exc:
+            raise not_found(conversation) from exc
+
+    @app.get("/v1/reviews", dependencies=authed)
+    async def list_reviews(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
+        """Reviews this principal may decide: other people's paused turns for a reviewer, their
+        own in a single-user deployment (the newest ``limit`` conversations are looked at)."""
+        caller = caller_of(request)
+        board: Switchboard = app.state.board
+        out = []
+        if caller.reviewer or caller.single_user:
+            threads = await asyncio.to_thread(board.services.audit.owned_threads, limit=limit)
+            for conversation, owner in threads:
+                if not caller.may_decide(owner):
+                    continue
+                state = await board.graph.aget_state({"configurable": {"thread_id": conversation}})
+                if pending := review_tools.pending_reviews(state):
+                    out.append({"conversation_id": conversation, "owner": owner, "pending": pending})
+        return {"object": "list", "data": out}
 
     @app.get("/v1/threads/{thread_id}/review", dependencies=authed)
-    async def get_review(thread_id: str) -> dict[str, Any]:
+    async def get_review(thread_id: str, request: Request) -> dict[str, Any]:
         conversation = valid_conversation_id(thread_id, "thread_id")
-        return {"object": "thread.review", "conversation_id": conversation, "pending": await _reviews(conversation)}
+        return {"object": "thread.review", "conversation_id": conversation,
+                "pending": await _reviews(conversation, caller_of(request))}
 
     @app.post("/v1/threads/{thread_id}/review", dependencies=authed)
     async def post_review(thread_id: str, request: Request) -> JSONResponse:
+        caller = caller_of(request)
         conversation = valid_conversation_id(thread_id, "thread_id")
-        decision = parse_body(await read_limited_body(request, server.max_request_bytes), ReviewRequest)
         board: Switchboard = request.app.state.board
+        await _reviews(conversation, caller)  # 404 before anything else for someone who may not see it
+        try:  # separation of duties: a reviewer, not the conversation's owner (unless single-user)
+            await board.access.check_review(board.graph, conversation, caller)
+        except ThreadNotFound as exc:
+            raise not_found(conversation) from exc
+        except ReviewForbidden as exc:
+            raise forbidden(exc) from exc
+        decision = parse_body(await read_limited_body(request, server.max_request_bytes), ReviewRequest)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         async with request.app.state.locks.get(conversation):
-            if not await _reviews(conversation):
+            if not await _reviews(conversation, caller):
                 raise APIError(409, f"Conversation {conversation!r} has no turn waiting for review.",
                                code="no_pending_review")
-            log.info("review %s conversation=%s action=%s", completion_id, conversation, decision.action)
+            log.info("review %s conversation=%s action=%s reviewer=%s", completion_id, conversation,
+                     decision.action, caller.name)
             try:
                 result = await board.resume(conversation, decision.model_dump(include={"action", "sql"}, exclude_none=True),
-                                            interrupt_id=decision.interrupt_id)
+                                            interrupt_id=decision.interrupt_id, principal=caller)
+            except ThreadNotFound as exc:
+                raise not_found(conversation) from exc
+            except ReviewForbidden as exc:
+                raise forbidden(exc) from exc
             except ReviewError as exc:
                 raise APIError(400, f"Invalid review decision: {exc}.", code="invalid_review_decision",
                                param="interrupt_id" if decision.interrupt_id else "action") from exc

@@ -54,6 +54,8 @@ class Services:
             threshold=self.settings.triage_threshold,
             use_llm=self.settings.triage_use_llm,
             voters=self.settings.triage_voters,
+            max_chars=self.settings.triage_max_chars,
+            max_parts=self.settings.triage_max_parts,
         )
 
     @property
@@ -64,7 +66,8 @@ class Services:
     def db(self) -> ReadOnlyDatabase:
         from tools.database import ReadOnlyDatabase
 
-        return ReadOnlyDatabase.from_url(self.settings.database_url)
+        return ReadOnlyDatabase.from_url(self.settings.database_url, max_cell_bytes=self.settings.sql_max_cell_bytes,
+                                         max_result_bytes=self.settings.sql_max_result_bytes)
 
     @cached_property
     def kb(self) -> KnowledgeStore:

@@ -7,12 +7,13 @@ server) build a ``Settings``; nodes receive it through the graph's runtime conte
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,12 +86,55 @@ class Settings(BaseSettings):
     # /v1/threads/{id}/review, or the chat UI's buttons. review_cost_usd: before a heavy-tier model
     # call that would take the conversation's spend past this (unset = never; reject = the light
     # tier answers). sensitive_columns: before a SQL query that reads any of these "Table.Column"
-    # or "Table.*" entries (case-insensitive; '[]' = never).
+    # or "Table.*" entries (case-insensitive; '[]' = never). sensitive_from_profile: also every
+    # column the connected database's own profile shows to hold contact data -- named like one
+    # (email, phone, fax, mobile, address, street, postal/zip code), with sampled values that are
+    # mostly e-mails/phones/cards/IBANs (tools/redaction.py's detectors), or copying the values of
+    # such a column (Invoice.BillingAddress beside Customer.Address) -- computed once per database
+    # (ReadOnlyDatabase.personal_columns) and merged with the list above.
+    # A graph run without a checkpointer (no interrupt possible, e.g. a bare graph.ainvoke)
+    # refuses such a query instead of running it, and a cost review there is a reject.
     review_cost_usd: float | None = None
     sensitive_columns: list[str] = Field(default_factory=lambda: [
         "Customer.Email", "Customer.Phone", "Customer.Fax", "Customer.Address",
         "Employee.Email", "Employee.Phone", "Employee.Fax", "Employee.Address",
     ])
+    sensitive_from_profile: bool = True
+
+    # Bounds on what a SQL result may carry into answers, graph state and checkpoints: each cell
+    # (longer text is cut, a blob is only a "<BLOB n bytes>" placeholder) and the whole result
+    # (rows stop there); the answer says when it was cut.
+    sql_max_cell_bytes: int = 4 * 1024
+    sql_max_result_bytes: int = 256 * 1024
+    # Bounds on one message: triage refuses a message longer than triage_max_chars (with a clear
+    # answer, before splitting it), and answers at most triage_max_parts parts of a message; the
+    # parts past that are refused by name in the answer ("send them separately"), not merged.
+    triage_max_chars: int = 4000
+    triage_max_parts: int = 8
+
+    # Who may do what (switchboard/access.py). Every conversation has an owner: the HTTP API key's
+    # principal, the chat UI's user, or this process's local principal for the CLI and the Python
+    # API (`principal`). A conversation owned by someone else is "not found" at every door.
+    # reviewers: principals (UI user names, API key names, the local principal) who may decide
+    # human reviews of other people's conversations, comma-separated ("carol,ops-key"). admins:
+    # principals who may read every conversation (history, pending reviews), comma-separated.
+    # single_user: the one user is their own reviewer (may decide reviews on their own
+    # conversations); unset = derived per door: the CLI/Python API when no reviewers are configured,
+    # the chat UI when SWITCHBOARD_UI_USERS is unset, never the HTTP API.
+    principal: str = "local"
+    reviewers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    admins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    single_user: bool | None = None
+
+    @field_validator("reviewers", "admins", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        """``"carol,ops-key"`` (or a JSON list) -> ["carol", "ops-key"]."""
+        if isinstance(value, str):
+            raw = value.strip()
+            items = json.loads(raw) if raw.startswith("[") else raw.split(",")
+            return [str(v).strip() for v in items if str(v).strip()]
+        return value
 
     # Conversation summary is kept under this many characters.
     summary_max_chars: int = 1500

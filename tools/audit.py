@@ -97,6 +97,31 @@ recoveries_table = Table(
     Column("ts", Float, nullable=False),
 )
 
+# who owns a conversation (switchboard/access.py): written once, when a principal first uses a
+# thread id; the primary key makes claiming atomic (a second claim is an IntegrityError)
+owners_table = Table(
+    "thread_owners", metadata,
+    Column("thread_id", String(200), primary_key=True),
+    Column("principal", String(200), nullable=False, index=True),
+    Column("door", String(20), nullable=False),  # cli | http | ui
+    Column("ts", Float, nullable=False),
+)
+
+# every human-review decision, with who made it (separation of duties: tools/review.py)
+reviews_table = Table(
+    "review_decisions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, index=True, nullable=False),
+    Column("thread_id", String(200), index=True, nullable=False),
+    Column("interrupt_id", String(64), nullable=False),
+    Column("kind", String(40)),
+    Column("action", String(20), nullable=False),  # approve | edit | reject
+    Column("reviewer", String(200), index=True, nullable=False),
+    Column("owner", String(200)),
+    Column("door", String(20)),
+    Column("sql", Text),  # the query approved or run instead (an edit)
+)
+
 
 def _redact(text: str) -> str:
     from tools.redaction import redact
@@ -275,6 +300,46 @@ class AuditTrail:
                 conn.execute(insert(recoveries_table).values(thread_id=thread_id, checkpoint_id=checkpoint_id,
                                                              attempts=attempts, ts=time.time()))
         return attempts
+
+    def claim_thread(self, thread_id: str, principal: str, door: str) -> str:
+        """Make ``principal`` the owner of an unowned thread; return the owner (theirs or the earlier
+        claimant's). Atomic: of two concurrent claims one inserts, the other finds its row."""
+        try:
+            with self._lock, self.engine.begin() as conn:
+                conn.execute(insert(owners_table).values(thread_id=thread_id, principal=principal, door=door,
+                                                         ts=time.time()))
+            return principal
+        except IntegrityError:
+            owner = self.thread_owner(thread_id)
+            assert owner is not None
+            return owner
+
+    def thread_owner(self, thread_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(owners_table.c.principal)
+                                .where(owners_table.c.thread_id == thread_id)).scalar_one_or_none()
+
+    def owned_threads(self, *, exclude: str | None = None, limit: int = 1000) -> list[tuple[str, str]]:
+        """``[(thread id, owner)]``, newest first (reviewers' list of pending reviews)."""
+        q = select(owners_table.c.thread_id, owners_table.c.principal).order_by(owners_table.c.ts.desc()).limit(limit)
+        if exclude is not None:
+            q = q.where(owners_table.c.principal != exclude)
+        with self.engine.connect() as conn:
+            return [(r.thread_id, r.principal) for r in conn.execute(q)]
+
+    def record_review_decision(self, *, thread_id: str, interrupt_id: str, action: str, reviewer: str,
+                               owner: str | None, door: str, kind: str | None = None, sql: str | None = None) -> None:
+        with self._lock, self.engine.begin() as conn:
+            conn.execute(insert(reviews_table).values(
+                ts=time.time(), thread_id=thread_id, interrupt_id=interrupt_id, kind=kind, action=action,
+                reviewer=reviewer, owner=owner, door=door, sql=sql))
+
+    def review_decisions(self, thread_id: str | None = None) -> list[dict[str, Any]]:
+        q = select(reviews_table).order_by(reviews_table.c.id)
+        if thread_id is not None:
+            q = q.where(reviews_table.c.thread_id == thread_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
 
     def record_feedback(self, answer_id: str, score: int, comment: str | None = None) -> None:
         if score not in (-1, 1):

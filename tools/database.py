@@ -56,6 +56,20 @@ __all__ = [
 log = logging.getLogger("switchboard.sql")
 
 DEFAULT_TIMEOUT_S = 5.0
+# Result bounds (Settings.sql_max_cell_bytes / sql_max_result_bytes): a cell longer than this is
+# shortened, a blob is only ever a placeholder, and rows stop once the result reaches its cap.
+DEFAULT_MAX_CELL_BYTES = 4 * 1024
+DEFAULT_MAX_RESULT_BYTES = 256 * 1024
+# SQLite refuses to build any single value larger than this while a model query runs
+# (SQLITE_LIMIT_LENGTH): a backstop, so no one value can take hundreds of MB before it is capped.
+_SQLITE_MAX_VALUE_BYTES = 16 * 1024 * 1024
+_PG_ROW_BUFFER = 8  # rows a server-side cursor brings over at a time (each is capped on arrival)
+# Personal-data profile (ReadOnlyDatabase.personal_columns): columns named like contact data...
+_PERSONAL_NAME = re.compile(r"e-?mail|phone|fax|mobile|address|street|postal|zip_?code|post_?code", re.I)
+_PERSONAL_SAMPLE = 50  # values sampled per text column
+_PERSONAL_SHARE = 0.5  # ...or whose sampled values mostly hold e-mails/phones/cards/IBANs or copy such a column
+_PERSONAL_COPY_VALUES = 2000  # distinct values of a personal column kept to recognise copies of it
+_PERSONAL_COPY_MIN_CHARS = 6  # shorter values ("USA", "1") say nothing about being a copy
 _SAMPLE_VALUE_CHARS = 20  # keeps '2021-01-01 00:00:00' whole
 _MARKDOWN_CELL_CHARS = 60
 _PROGRESS_EVERY_N_OPS = 1000
@@ -91,6 +105,21 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
     truncated: bool
     elapsed_ms: float
+    # values shortened or replaced by a placeholder (blobs, text over the per-cell cap)
+    cut_cells: int = 0
+    # rows stopped because the result reached its byte cap (``truncated`` is then True too)
+    size_capped: bool = False
+
+    def cut_note(self) -> str:
+        """One sentence saying how the result was cut to its byte caps; "" when it was not."""
+        parts = []
+        if self.cut_cells:
+            parts.append(f"{self.cut_cells} value{'s' if self.cut_cells != 1 else ''} too large to show "
+                         "(binary data or long text) were shortened")
+        if self.size_capped:
+            parts.append(f"only the first {len(self.rows)} row{'s' if len(self.rows) != 1 else ''} fit "
+                         "the result size limit")
+        return f"(The result was cut: {'; '.join(parts)}.)" if parts else ""
 
     def as_markdown(self, max_rows: int = 10) -> str:
         """A small Markdown table for an answer or a prompt, with a note when rows are cut."""
@@ -127,6 +156,26 @@ def _format_value(value: Any, limit: int) -> str:
     else:
         text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cap_cell(value: Any, limit: int) -> tuple[Any, int, bool]:
+    """``(value to keep, its size in bytes, whether it was cut)`` under a per-cell byte cap.
+
+    A blob is never kept: it becomes ``<BLOB n bytes>``. Text over ``limit`` bytes (UTF-8) is
+    cut at ``limit`` and says how long it was. Everything else is kept as is (small)."""
+    if isinstance(value, memoryview):
+        return f"<BLOB {value.nbytes} bytes>", 24, True
+    if isinstance(value, (bytes, bytearray)):
+        return f"<BLOB {len(value)} bytes>", 24, True
+    if isinstance(value, str):
+        if len(value) * 4 <= limit:  # cannot be over the cap, whatever the characters
+            return value, len(value), False
+        encoded = value.encode("utf-8", "surrogatepass")
+        if len(encoded) <= limit:
+            return value, len(encoded), False
+        head = encoded[:limit].decode("utf-8", "ignore")
+        return f"{head}… [cut: {len(encoded)} bytes]", limit + 32, True
+    return value, 16, False
 
 
 def _markdown_cell(value: Any) -> str:
@@ -318,13 +367,16 @@ _QUERY_AUTHORIZER = _sqlite_authorizer(allow_pragmas=False)
 
 @contextmanager
 def _sqlite_query_limits(raw: sqlite3.Connection, timeout_s: float) -> Iterator[None]:
-    """Interrupt the query at the deadline and admit no PRAGMA, then restore the defaults."""
+    """Interrupt the query at the deadline, admit no PRAGMA and no value over
+    ``_SQLITE_MAX_VALUE_BYTES``, then restore the defaults."""
     deadline = time.monotonic() + timeout_s
     raw.set_progress_handler(lambda: int(time.monotonic() > deadline), _PROGRESS_EVERY_N_OPS)
     raw.set_authorizer(_QUERY_AUTHORIZER)
+    length = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _SQLITE_MAX_VALUE_BYTES)
     try:
         yield
     finally:
+        raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
         raw.set_authorizer(_CONNECTION_AUTHORIZER)
         raw.set_progress_handler(None, 0)
 
@@ -383,14 +435,20 @@ def _align_identifier_case(sql: str, dialect: str, canonical: Mapping[str, str])
 class ReadOnlyDatabase:
     """A database the SQL specialist may read, never change. Build with :meth:`from_url`."""
 
-    def __init__(self, url: str | URL, *, timeout_s: float = DEFAULT_TIMEOUT_S, base_dir: Path | None = None) -> None:
+    def __init__(self, url: str | URL, *, timeout_s: float = DEFAULT_TIMEOUT_S, base_dir: Path | None = None,
+                 max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES,
+                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         parsed = make_url(url)
         backend = "postgresql" if parsed.get_backend_name() in ("postgres", "postgresql") else parsed.get_backend_name()
         if backend not in _SQLGLOT_DIALECTS:
             raise ValueError(f"unsupported database {backend!r}: use a sqlite:// or postgresql:// URL")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
+        if max_cell_bytes < 64 or max_result_bytes < max_cell_bytes:
+            raise ValueError("max_cell_bytes must be at least 64 and max_result_bytes at least max_cell_bytes")
         self.timeout_s = timeout_s
+        self.max_cell_bytes = max_cell_bytes
+        self.max_result_bytes = max_result_bytes
         self.url = parsed.render_as_string(hide_password=True)
         self._backend = backend
         self.path: Path | None = None
@@ -402,14 +460,17 @@ class ReadOnlyDatabase:
         self._lock = threading.Lock()
         self._schema: tuple[TableInfo, ...] | None = None
         self._descriptions: dict[tuple[object, ...], str] = {}
+        self._personal: tuple[str, ...] | None = None
 
     @classmethod
     def from_url(
-        cls, url: str | URL, *, timeout_s: float = DEFAULT_TIMEOUT_S, base_dir: Path | None = None
+        cls, url: str | URL, *, timeout_s: float = DEFAULT_TIMEOUT_S, base_dir: Path | None = None,
+        max_cell_bytes: int = DEFAULT_MAX_CELL_BYTES, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> ReadOnlyDatabase:
         """Open ``sqlite:///relative/path`` (against ``base_dir`` or the CWD),
         ``sqlite:////absolute/path`` or ``postgresql://user@host:port/db``."""
-        return cls(url, timeout_s=timeout_s, base_dir=base_dir)
+        return cls(url, timeout_s=timeout_s, base_dir=base_dir, max_cell_bytes=max_cell_bytes,
+                   max_result_bytes=max_result_bytes)
 
     def __repr__(self) -> str:
         return f"ReadOnlyDatabase({self.url!r})"
@@ -488,6 +549,69 @@ class ReadOnlyDatabase:
                 tables.append(TableInfo(name, columns, pk, fks, int(count)))
         return tuple(tables)
 
+    def personal_columns(self) -> tuple[str, ...]:
+        """``"Table.Column"`` labels of text columns that hold personal contact data, found in
+        this database's own profile (computed once per database object, then cached):
+
+        * by name: e-mail, phone, fax, mobile, address, street, postal/zip code;
+        * by value: most of a column's sampled values hold an e-mail, phone, card number or IBAN
+          (:func:`tools.redaction.find_personal_data`, the log redactor's detectors);
+        * as a copy: most of its sampled values also occur in a column found above, so a
+          copied column (``Invoice.BillingAddress`` beside ``Customer.Address``) is covered
+          whatever it is called.
+
+        The SQL specialist merges these with ``Settings.sensitive_columns``.
+        """
+        with self._lock:
+            if self._personal is not None:
+                return self._personal
+        found = self._profile_personal()
+        with self._lock:
+            self._personal = found
+        log.info("personal-data profile of %s: %s", self.url, ", ".join(found) or "none")
+        return found
+
+    def _text_values(self, conn: Connection, table: str, column: str, limit: int, distinct: bool) -> list[str]:
+        col = sa_column(column)
+        query = select(col).select_from(sa_table(table, col)).where(col.is_not(None)).limit(limit)
+        if distinct:
+            query = query.distinct()
+        try:
+            values = conn.execute(query).scalars().all()
+        except DBAPIError as exc:
+            log.warning("personal-data profile: could not sample %s.%s (%s)", table, column, exc)
+            conn.rollback()
+            return []
+        return [v[:200] for v in values if isinstance(v, str) and v.strip()]
+
+    def _profile_personal(self) -> tuple[str, ...]:
+        from tools.redaction import find_personal_data
+
+        text_columns = [(t.name, c.name) for t in self.schema() for c in t.columns
+                        if not _compact_type(c.type) and not c.primary_key]
+        personal: set[tuple[str, str]] = set()
+        samples: dict[tuple[str, str], list[str]] = {}
+        with self._engine.connect() as conn:
+            for table, column in text_columns:
+                if _PERSONAL_NAME.search(column):
+                    personal.add((table, column))
+                    continue
+                values = samples[(table, column)] = self._text_values(conn, table, column, _PERSONAL_SAMPLE, False)
+                hits = sum(1 for v in values if find_personal_data(v))
+                if values and hits >= _PERSONAL_SHARE * len(values):
+                    personal.add((table, column))
+            known: set[str] = set()
+            for table, column in sorted(personal):
+                known.update(v for v in self._text_values(conn, table, column, _PERSONAL_COPY_VALUES, True)
+                             if len(v) >= _PERSONAL_COPY_MIN_CHARS)
+            for key, values in samples.items():
+                long_values = [v for v in values if len(v) >= _PERSONAL_COPY_MIN_CHARS]
+                if key not in personal and long_values and \
+                        sum(v in known for v in long_values) >= _PERSONAL_SHARE * len(long_values):
+                    personal.add(key)
+            conn.rollback()
+        return tuple(sorted(f"{t}.{c}" for t, c in personal))
+
     def sample_rows(self, table: str, n: int = 2) -> list[tuple[Any, ...]]:
         """The first ``n`` rows by primary key: real values show formats (dates, ids) to the model."""
         info = self.table(table)
@@ -547,6 +671,11 @@ class ReadOnlyDatabase:
     def run(self, sql: str, max_rows: int = 50) -> QueryResult:
         """Guard-check and execute one SELECT, returning at most ``max_rows`` rows.
 
+        Results are bounded in bytes as they are fetched, one row at a time: each cell by
+        ``max_cell_bytes`` (a blob is only a ``<BLOB n bytes>`` placeholder), the whole result by
+        ``max_result_bytes`` (rows stop there; ``truncated`` and ``size_capped`` say so). On
+        SQLite no single value may exceed ``_SQLITE_MAX_VALUE_BYTES`` while the query runs.
+
         Raises :class:`tools.sql_guard.UnsafeSQL` before touching the database for anything but
         a read-only query, :class:`QueryTimeout` past ``timeout_s`` and
         :class:`SQLExecutionError` (with the database's message) for any other database error.
@@ -557,12 +686,30 @@ class ReadOnlyDatabase:
         options: dict[str, Any] = {"no_parameters": True}  # '%' and ':x' are SQL, not placeholders
         if self._backend == "postgresql":
             options["stream_results"] = True  # server-side cursor: fetch only what we keep
+            options["max_row_buffer"] = _PG_ROW_BUFFER
         started = time.perf_counter()
+        rows: list[tuple[Any, ...]] = []
+        cut_cells, size, size_capped, more = 0, 0, False, False
         try:
             with self._engine.connect() as conn, self._query_limits(conn):
                 result = conn.exec_driver_sql(executable, execution_options=options)
                 columns = list(result.keys())
-                rows = [tuple(r) for r in result.fetchmany(max_rows + 1)]
+                while (raw_row := result.fetchone()) is not None:  # one row in memory at a time
+                    if len(rows) == max_rows:
+                        more = True
+                        break
+                    row, row_size = [], 0
+                    for value in raw_row:
+                        kept, cost, cut = _cap_cell(value, self.max_cell_bytes)
+                        row.append(kept)
+                        row_size += cost
+                        cut_cells += cut
+                    del raw_row
+                    if size + row_size > self.max_result_bytes:
+                        size_capped = more = True
+                        break
+                    rows.append(tuple(row))
+                    size += row_size
                 result.close()
                 conn.rollback()  # nothing to keep, whatever happened
         except DBAPIError as exc:
@@ -570,4 +717,7 @@ class ReadOnlyDatabase:
             log.info("SQL failed (%s): %s", error, executable[:300])
             raise error from exc
         elapsed_ms = (time.perf_counter() - started) * 1000
-        return QueryResult(executable, columns, rows[:max_rows], len(rows) > max_rows, elapsed_ms)
+        if cut_cells or size_capped:
+            log.info("SQL result cut to its byte caps (%d cells cut, size capped: %s): %s",
+                     cut_cells, size_capped, executable[:300])
+        return QueryResult(executable, columns, rows, more, elapsed_ms, cut_cells=cut_cells, size_capped=size_capped)

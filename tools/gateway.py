@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.messages import AIMessage, BaseMessage
 
 from tools import metrics, telemetry
+from tools.local_llm import check_fits
 from tools.recording import message_dicts
 
 if TYPE_CHECKING:
@@ -252,10 +253,13 @@ class ModelGateway:
 
         est = spec.cost(estimate_tokens(messages), max_tokens)
         spent = self.ledger.spent(thread_id=thread_id)
-        if spent + est <= limit or not review.reviewable():
+        mode = review.review_mode()
+        if spent + est <= limit or mode == "off":
             return spec
         light = self.registry.light_instead(spec)
         decision = _COST_DECISION.get()
+        if decision is None and mode == "refuse":  # a graph run that cannot pause: no reviewer, no approval
+            decision = "reject"
         if decision is None:  # LangGraph re-runs a resumed node: this returns the reviewer's answer
             subtask = {"id": subtask_id, "agent": agent, "task": task}
             decision = review.ask(review.cost_payload(subtask, spec.name, est, spent, limit,
@@ -264,9 +268,10 @@ class ModelGateway:
         if decision == "approve":
             notes.append(f"review: a reviewer approved {spec.name} past the review limit of ${limit:.2f}")
             return spec
+        who = "a reviewer" if mode == "interrupt" else "no reviewer can be asked in this run (no checkpointer), so it"
         if light is None:
-            raise ReviewDeclined(f"a reviewer declined the call to {spec.name} and no light model can answer instead")
-        notes.append(f"review: a reviewer declined {spec.name} past the review limit of ${limit:.2f}; "
+            raise ReviewDeclined(f"{who} declined the call to {spec.name} and no light model can answer instead")
+        notes.append(f"review: {who} declined {spec.name} past the review limit of ${limit:.2f}; "
                      f"{light.name} answered instead")
         return light
 
@@ -304,6 +309,8 @@ class ModelGateway:
             if self.breaker.is_open(name):
                 errors.append(f"{name}: cooling down after repeated failures")
                 continue
+            if cand.provider == "llamacpp":  # its context is Settings.local_ctx: refuse clearly, before loading it
+                check_fits(estimate_tokens(messages), max_tokens, self.settings.local_ctx)
             started = time.monotonic()
             # one span per provider attempt (a failed one says why; the next is the fallback)
             with telemetry.model_call_span(cand, agent=agent, max_tokens=max_tokens, thread_id=thread_id,

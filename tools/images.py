@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ class ImageRejected(ValueError):
 
     ``message`` is user-facing (names the file and says what is wrong); ``reason`` is a short
     stable code for callers and metrics: empty, too_large, not_image, unsupported_format,
-    corrupt, multi_frame, too_many_pixels, unreadable_file.
+    corrupt, multi_frame, too_many_pixels, unreadable_file, outside_uploads.
     """
 
     def __init__(self, message: str, *, reason: str) -> None:
@@ -135,6 +136,121 @@ def validate_image_file(
     except OSError as exc:
         raise ImageRejected(f"{p} cannot be read: {exc.strerror or exc}", reason="unreadable_file") from exc
     return validate_image(data, p.name, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side)
+
+
+# --------------------------------------------------------------------------- the uploads folder
+
+OUTSIDE_UPLOADS: Final = (
+    "I can only look at images uploaded to this conversation, and the image I was given is not one of "
+    "them, so nothing was read. Please attach the image to your message."
+)
+UPLOAD_GONE: Final = "The uploaded image is no longer available, so nothing was read. Please attach it again."
+
+
+def uploads_dir(data_dir: str | Path) -> Path:
+    """Where every door stores uploads (``Settings.data_dir / "uploads"``)."""
+    return Path(data_dir) / "uploads"
+
+
+def confined_upload_path(path: str | Path, uploads: str | Path) -> Path:
+    """``path`` resolved, when it names something inside ``uploads``; else :class:`ImageRejected`.
+
+    Decided on the path alone, before the file is touched, so the refusal is the same whether
+    the file exists or not and says nothing about it: no ``..`` component, and the real path
+    (symlinks followed) must lie under the real uploads folder.
+    """
+    raw = os.fspath(path) if path else ""
+    if not raw or "\x00" in raw or ".." in Path(raw).parts:
+        raise ImageRejected(OUTSIDE_UPLOADS, reason="outside_uploads")
+    root = os.path.realpath(uploads)
+    real = os.path.realpath(raw)
+    if real == root or os.path.commonpath([root, real]) != root:
+        raise ImageRejected(OUTSIDE_UPLOADS, reason="outside_uploads")
+    return Path(real)
+
+
+def validate_upload(
+    path: str | Path,
+    uploads: str | Path,
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_pixels: int = MAX_PIXELS,
+    max_side: int = MAX_SIDE,
+) -> ValidatedImage:
+    """The one way a graph run opens an ``image_path``: only inside the uploads folder
+    (:func:`confined_upload_path`), then :func:`validate_image_file`. A missing or unreadable
+    upload is reported without naming where it was stored."""
+    real = confined_upload_path(path, uploads)
+    try:
+        return validate_image_file(real, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side)
+    except ImageRejected as exc:
+        if exc.reason == "unreadable_file":
+            raise ImageRejected(UPLOAD_GONE, reason="unreadable_file") from exc
+        raise
+
+
+def stash_local_image(path: str | Path, uploads: str | Path) -> Path:
+    """For the local doors (Python API, CLI), whose caller may read the file anyway: a file
+    outside the uploads folder is copied into a fresh folder there, so the graph only ever opens
+    uploads. One already inside is used as is; a missing, odd or oversized file is passed on
+    unchanged (the vision specialist refuses it)."""
+    import shutil
+    import uuid
+
+    try:
+        return confined_upload_path(path, uploads)
+    except ImageRejected:
+        pass
+    src = Path(path)
+    try:
+        if not src.is_file() or src.stat().st_size > MAX_BYTES:
+            return src
+        dest = Path(uploads) / uuid.uuid4().hex / (src.name or "upload")
+        dest.parent.mkdir(parents=True, mode=0o700)
+        shutil.copyfile(src, dest)
+    except OSError:
+        return src
+    return dest
+
+
+# Raster formats the vision path reads, by the Pillow format id that content sniffing finds.
+_UPLOAD_TYPES: Final = {"JPEG": ("image/jpeg", ".jpg"), "MPO": ("image/jpeg", ".jpg"), "PNG": ("image/png", ".png"),
+                        "WEBP": ("image/webp", ".webp"), "GIF": ("image/gif", ".gif"),
+                        "BMP": ("image/bmp", ".bmp"), "TIFF": ("image/tiff", ".tiff")}
+
+
+@dataclass(frozen=True)
+class UploadType:
+    """What an upload is, decided from its bytes (never the client's MIME type or file name)."""
+
+    format: str  # Pillow's id: "PNG", "JPEG", ...
+    mime: str
+    extension: str
+
+
+def sniff_upload(data: bytes, name: str = "upload") -> UploadType:
+    """Type an upload by its content: one of the raster formats the vision path supports, or an
+    :class:`ImageRejected` saying what it is instead (an SVG, a PDF, HTML...). Only the header is
+    parsed here; :func:`validate_image` decodes it fully later."""
+    _check_byte_size(data, name, max(len(data), 1))  # bytes, and not empty; callers bound the size
+    img = _open(data, name)
+    try:
+        fmt = str(img.format)
+    finally:
+        img.close()
+    if fmt not in _UPLOAD_TYPES:  # pragma: no cover - _open admits ALLOWED_FORMATS only
+        raise _not_an_image(data, name)
+    mime, extension = _UPLOAD_TYPES[fmt]
+    return UploadType(fmt, mime, extension)
+
+
+def sniff_upload_file(path: str | Path, name: str | None = None) -> UploadType:
+    """:func:`sniff_upload` on a file (read up to the byte limit)."""
+    p = Path(path)
+    label = name or p.name
+    size = p.stat().st_size
+    _check_byte_size_value(size, label, MAX_BYTES)
+    return sniff_upload(p.read_bytes(), label)
 
 
 # --------------------------------------------------------------------------- checks

@@ -141,6 +141,33 @@ class LocalRuntimeUnavailable(RuntimeError):
     code = "local_runtime_unavailable"
 
 
+class PromptTooLong(ValueError):
+    """A prompt (plus the reply it asks for) does not fit the model's context window.
+
+    Raised before the model is called, instead of llama.cpp's "Requested tokens (N) exceed
+    context window of M"; ``message`` can be shown to the user as is."""
+
+    code = "prompt_too_long"
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        self.tokens = tokens
+        self.limit = limit
+        self.message = (f"This part is too long for the model to read (about {tokens:,} tokens with its reply; it "
+                        f"reads at most {limit:,} at a time), so it was not answered. Please ask a shorter "
+                        "question, or split it into several messages.")
+        super().__init__(self.message)
+
+
+# chat-template tokens around each message (role markers, separators), on top of its content
+_TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+def check_fits(prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
+    """Raise :class:`PromptTooLong` when ``prompt_tokens + max_tokens`` exceeds ``n_ctx``."""
+    if prompt_tokens + max_tokens > n_ctx:
+        raise PromptTooLong(prompt_tokens + max_tokens, n_ctx)
+
+
 _CHECKED: dict[str, LocalRuntimeUnavailable | None] = {}
 _CHECK_LOCK = threading.Lock()
 
@@ -317,6 +344,12 @@ class ChatLocalLlama(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "temperature": self.temperature}
 
+    def _check_context(self, llm: Any, chat: list[dict[str, str]], max_tokens: int) -> None:
+        """Count the prompt with the model's own tokenizer and refuse it before llama.cpp does."""
+        tokens = sum(len(llm.tokenize(m["content"].encode("utf-8"), add_bos=False, special=False))
+                     + _TEMPLATE_TOKENS_PER_MESSAGE for m in chat)
+        check_fits(tokens, max_tokens, self.n_ctx)
+
     def _params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {
             "temperature": kwargs.get("temperature", self.temperature),
@@ -333,8 +366,10 @@ class ChatLocalLlama(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         llm = _llama(self.model_path, self.role, self.n_ctx, self.n_threads)
+        chat, params = _to_chat(messages), self._params(stop, kwargs)
         with _COMPUTE_LOCK:
-            out = llm.create_chat_completion(messages=_to_chat(messages), **self._params(stop, kwargs))
+            self._check_context(llm, chat, params["max_tokens"])
+            out = llm.create_chat_completion(messages=chat, **params)
         usage = out.get("usage") or {}
         msg = AIMessage(
             content=out["choices"][0]["message"]["content"] or "",
@@ -356,10 +391,10 @@ class ChatLocalLlama(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         llm = _llama(self.model_path, self.role, self.n_ctx, self.n_threads)
         n_out = 0
+        chat, params = _to_chat(messages), self._params(stop, kwargs)
         with _COMPUTE_LOCK:
-            for part in llm.create_chat_completion(
-                messages=_to_chat(messages), stream=True, **self._params(stop, kwargs)
-            ):
+            self._check_context(llm, chat, params["max_tokens"])
+            for part in llm.create_chat_completion(messages=chat, stream=True, **params):
                 delta = part["choices"][0].get("delta", {}).get("content")
                 if not delta:
                     continue

@@ -14,7 +14,9 @@ The interrupt's value is a JSON payload (``kind``, ``subtask``, ``question`` and
 facts); its ``response_schema`` is the decision model below, so LangGraph validates a resume and
 a malformed one leaves the interrupt pending. LangGraph re-runs a resumed node from its start,
 so decisions carry everything the node needs (an approval names the SQL the reviewer saw).
-Reviews only happen inside a checkpointed graph run: direct calls (benchmarks) never pause.
+Reviews only happen inside a checkpointed graph run: direct calls (benchmarks) never pause. A
+graph run *without* a checkpointer (a bare ``graph.ainvoke``; ``langgraph dev`` attaches its own)
+cannot pause, so there what needs review is refused instead (:func:`review_mode` is "refuse").
 """
 
 from __future__ import annotations
@@ -74,15 +76,47 @@ class ReviewError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def reviewable() -> bool:
-    """Are we inside a checkpointed graph run, where a turn can pause and be resumed later?"""
+def review_mode() -> Literal["interrupt", "refuse", "off"]:
+    """How a review can happen here: "interrupt" inside a checkpointed graph run with a thread
+    (the turn pauses), "refuse" inside a graph run that cannot pause (no checkpointer or no
+    thread: what needs review must not run), "off" outside any graph run (benchmarks, direct
+    calls of an agent)."""
     from langgraph.config import get_config
 
     try:
         configurable = get_config().get("configurable") or {}
     except RuntimeError:  # not inside a runnable (benchmarks, direct calls)
-        return False
-    return "__pregel_scratchpad" in configurable and bool(configurable.get("thread_id"))
+        return "off"
+    if "__pregel_scratchpad" not in configurable:
+        return "off"
+    if configurable.get("__pregel_checkpointer") is not None and configurable.get("thread_id"):
+        return "interrupt"
+    return "refuse"
+
+
+def reviewable() -> bool:
+    """Are we inside a checkpointed graph run, where a turn can pause and be resumed later?"""
+    return review_mode() == "interrupt"
+
+
+def sensitive_columns(configured: Iterable[str], db: Any, from_profile: bool = True) -> list[str]:
+    """The configured ``Table.Column`` entries plus, when ``from_profile``, the columns the
+    database's own profile shows to hold contact data (``db.personal_columns()``); an empty
+    configured list still means "never review"."""
+    entries = list(configured)
+    if not entries:
+        return []
+    if from_profile:
+        entries += [c for c in db.personal_columns() if c not in entries]
+    return entries
+
+
+def no_reviewer_refusal(task: str, columns: list[str]) -> str:
+    """What a query that needs review says where no reviewer can be asked (no checkpointer)."""
+    return (f"I can't look that up here: answering “{task}” needs a query that reads sensitive data "
+            f"({', '.join(columns)}), which a reviewer must approve first, and this run cannot wait for a "
+            "review (it has no conversation store). Nothing was looked up; ask through the chat, the "
+            "API or the CLI, where a reviewer can approve it.")
 
 
 def ask(payload: dict[str, Any]) -> Any:

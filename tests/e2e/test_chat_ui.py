@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.chat import FOOTER, ask, open_chat, open_step, step
+from tests.e2e.chat import FOOTER, ask, open_chat, open_step, replies, step
 from tests.e2e.conftest import shot
 
 pytestmark = pytest.mark.e2e
@@ -114,9 +114,14 @@ def test_a_file_that_is_not_an_image_gets_a_clear_message(server, new_page, tmp_
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"definitely not the rest of a png")
     page = new_page(server)
     open_chat(page, server.url)
-    reply = ask(page, "What is the total on this receipt?", image=bad)
-    expect(reply).to_contain_text("broken.png")
-    expect(reply).to_contain_text(re.compile(r"corrupt|not an image|cannot"))
+    # typed by its content before any turn runs: refused with a message, no model call, nothing stored
+    with page.expect_response(lambda r: "/project/file" in r.url and r.request.method == "POST"):
+        page.set_input_files("#upload-button-input", str(bad))
+    page.locator("#chat-input").fill("What is the total on this receipt?")
+    page.locator("#chat-submit").click()
+    refusal = page.locator('[data-step-type="assistant_message"]').filter(has_text="broken.png").last
+    expect(refusal).to_contain_text(re.compile(r"corrupt|not an image|cannot"), timeout=60_000)
+    expect(replies(page)).to_have_count(0)  # no turn ran: no answer with a cost footer
     shot(page, "06-bad-upload")
 
 
@@ -142,3 +147,23 @@ def test_thumbs_up_on_an_answer_lands_in_the_audit_trail(server, new_page):
         time.sleep(0.2)
     answers = {t["answer_id"] for t in trail.turns()}
     assert [v for a, v in votes.items() if a in answers] == [[1]]
+
+
+def test_a_foreign_origin_gets_no_cors_grant(server):
+    """Issue 15: ``allow_origins = ["*"]`` answered credentialed requests from any site. Now only the
+    app's own origin is served (a browser needs no CORS for it); another site gets no grant."""
+    import httpx
+
+    evil = "https://evil.example"
+    preflight = httpx.options(f"{server.url}/project/settings", timeout=30, headers={
+        "Origin": evil, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    simple = httpx.get(f"{server.url}/auth/config", timeout=30, headers={"Origin": evil, "Cookie": "access_token=x"})
+    # The preflight is refused and neither reply names the site in Access-Control-Allow-Origin: no
+    # browser then sends the credentialed request or lets the site read a reply. (Chainlit's CORS
+    # middleware adds a static "Allow-Credentials: true" to every reply; without a matching
+    # Allow-Origin it grants nothing. With "*" the origin was echoed back next to it.)
+    assert preflight.status_code == 400 and "access-control-allow-origin" not in preflight.headers
+    assert "access-control-allow-origin" not in simple.headers, dict(simple.headers)
+    own = httpx.get(f"{server.url}/auth/config", timeout=30, headers={"Origin": server.url})
+    assert own.status_code == 200  # the UI's own requests still work

@@ -12,6 +12,7 @@ import base64
 import importlib.util
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -29,6 +30,7 @@ from fastapi import FastAPI
 from langgraph.checkpoint.memory import InMemorySaver
 
 from graphs import build_support_graph
+from switchboard import server
 from switchboard.api import Switchboard
 from switchboard.server import MissingAPIKeys, ServerSettings, create_app
 from switchboard.settings import REPO_ROOT, Settings
@@ -202,7 +204,8 @@ def test_second_turn_continues_the_first(stack: Stack, client: openai.OpenAI, by
     raw = client.chat.completions.with_raw_response.create(
         model="switchboard", messages=user("and how many of them are from Brazil?"), **ids)
     assert raw.parse().choices[0].message.content == "5 of them are from Brazil."
-    assert raw.headers["X-Conversation-Id"] == ("shop-42" if by == "header" else "customer-7")
+    conversation = raw.headers["X-Conversation-Id"]
+    assert conversation == "shop-42" if by == "header" else re.fullmatch(r"user-[0-9a-f]{32}", conversation)
     prompt = str(stack.fake.calls[-1][-1].content)
     assert "User: How many customers do we have? | sql: We have 59 customers." in prompt
 
@@ -277,12 +280,28 @@ def test_an_image_part_reaches_the_vision_agent(stack: Stack, client: openai.Ope
     assert uploads.is_dir() and list(uploads.iterdir()) == []   # the upload is gone after the turn
 
 
-def test_a_bad_image_gets_the_clear_message_in_the_answer(stack: Stack, client: openai.OpenAI) -> None:
+def test_a_bad_image_is_refused_with_a_clear_message(stack: Stack, client: openai.OpenAI) -> None:
+    """Uploads are typed by content: whatever MIME type the client claims, a PDF or an SVG (with a
+    script) is refused at the door, saying what it is; no turn runs and nothing is stored."""
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    for data, mime, what in ((b"%PDF-1.7 not an image", "image/png", "PDF"), (svg, "image/png", "SVG"),
+                             (svg, "image/svg+xml", "SVG")):
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(
+                model="switchboard", messages=image_turn("What is the total on this receipt?", data_url(data, mime)))
+        assert exc.value.body["code"] == "unsupported_image" and what in exc.value.body["message"]
+    assert stack.vision.calls == [] and stack.fake.calls == []
+    uploads = stack.settings.data_dir / "uploads"
+    assert not uploads.exists() or list(uploads.iterdir()) == []
+
+
+def test_an_upload_is_typed_by_its_content_not_its_claimed_mime(stack: Stack, client: openai.OpenAI) -> None:
+    """A PNG sent as image/jpeg is stored and read as the PNG it is."""
     completion = client.chat.completions.create(
-        model="switchboard", messages=image_turn("What is the total on this receipt?", data_url(b"%PDF-1.7 not an image")))
-    answer = completion.choices[0].message.content
-    assert "image.png is not an image" in answer and "PDF" in answer
-    assert stack.vision.calls == []
+        model="switchboard",
+        messages=image_turn("What is the total on this receipt?", data_url(INVOICE.read_bytes(), "image/jpeg")))
+    assert completion.choices[0].message.content
+    assert server.decode_image(data_url(INVOICE.read_bytes(), "image/svg+xml"), 10_000_000)[1] == "image/png"
 
 
 def test_remote_and_broken_image_urls_are_refused(client: openai.OpenAI) -> None:

@@ -1,7 +1,9 @@
 """Human review over the HTTP door: a paused turn says so in its ``switchboard`` block, and
 ``/v1/threads/{id}/review`` lists what is pending and continues the turn with a decision.
 
-The real app under uvicorn on a loopback port, with scripted models (see test_http_api.py)."""
+The real app under uvicorn on a loopback port, with scripted models (see test_http_api.py). The
+asker (``KEY``) is not a reviewer; decisions are made with ``REVIEWER_KEY`` (principal ``ops``,
+in ``SWITCHBOARD_REVIEWERS``): separation of duties (tests/integration/test_ownership.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from switchboard.settings import Settings
 from tests.graph.test_human_review import EMAIL, PHONE, PHONE_Q, PHONE_SQL, TWO_PART, scripted
 from tests.integration.test_http_api import KEY, REGISTRY, serve_in_thread
 
+REVIEWER_KEY = "reviewer-key-0123456789abcdef"
+
 
 class Client:
     def __init__(self, url: str) -> None:
@@ -38,6 +42,7 @@ class Client:
                             **{"X-Conversation-Id": conversation})
 
     def review(self, conversation: str, body: Any = None, **kw: Any) -> httpx.Response:
+        kw.setdefault("key", REVIEWER_KEY)  # a reviewer who is not the asker
         return self.request("POST" if body is not None or "raw" in kw else "GET",
                             f"/v1/threads/{conversation}/review", body, **kw)
 
@@ -47,10 +52,10 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     root = tmp_path_factory.mktemp("review-http")
     registry = root / "models.yaml"
     registry.write_text(REGISTRY)
-    settings = Settings(data_dir=root / "data", models_file=registry)
+    settings = Settings(data_dir=root / "data", models_file=registry, reviewers=["ops"])
     services, _ = scripted(settings)
     board = Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services)
-    with serve_in_thread(create_app(settings, board, api_keys=[KEY])) as url:
+    with serve_in_thread(create_app(settings, board, api_keys=[f"asker={KEY}", f"ops={REVIEWER_KEY}"])) as url:
         yield Client(url)
 
 

@@ -57,7 +57,13 @@ async def test_image_and_sql_combined_request(cassette_settings):
     from pathlib import Path
 
     image = Path(__file__).parents[1] / "fixtures" / "images" / "chinook_invoice_98.png"
-    turn = await ask(cassette_settings, "Check this invoice against our records", image=image)
+    async with Switchboard.open(cassette_settings) as sb:
+        paused = await sb.ask("Check this invoice against our records", thread_id="t", image=image)
+        # SELECT * FROM Invoice reads the billing address: personal data found by the database's
+        # profile (not in the configured list), so a reviewer approves the lookup first
+        [pending] = paused.pending_review
+        assert {"Invoice.BillingAddress", "Invoice.BillingPostalCode"} <= set(pending["columns"])
+        turn = await sb.resume("t", "approve")
     assert [(s.agent, s.id) for s in turn.subtasks] == [("vision", "t1"), ("sql", "t2")]
     vision, sql = sorted(turn.results, key=lambda r: r["subtask_id"])
     assert vision["evidence"]["fields"]["total"] == "3.98"
