@@ -89,7 +89,7 @@ def build_support_graph(
         ]
         if not ready:
             return "synthesize"
-        policy = runtime.context.policy if runtime.context else "balanced"
+        policy = runtime.context.policy if runtime.context else services.settings.routing_policy
         return [Send(s["agent"], _handoff(state, s, policy)) for s in ready]
 
     builder = StateGraph(SupportState, context_schema=Context)

@@ -24,7 +24,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # Never let the developer's environment leak into tests (test-server URLs excepted).
 _KEEP = {"SWITCHBOARD_RECORD_MODE", "SWITCHBOARD_TEST_PG_URL", "SWITCHBOARD_PG_URL",
          "SWITCHBOARD_CHINOOK_ADMIN_URL", "SWITCHBOARD_TEST_CHROMA_URL", "SWITCHBOARD_TEST_SERVERS",
-         "SWITCHBOARD_LIVE_TIER"}
+         "SWITCHBOARD_LIVE_TIER", "SWITCHBOARD_UPDATE_SNAPSHOT"}
 for _name in list(os.environ):
     if _name.startswith("SWITCHBOARD_") and _name not in _KEEP:
         del os.environ[_name]

@@ -283,11 +283,18 @@ class ModelGateway:
 
         thread_id = current_thread_id()
         notes: list[str] = [note] if note else []
-        spec = self._cost_review(handle.spec, messages, max_tokens, thread_id, notes, agent=agent, task=task,
-                                 subtask_id=subtask_id)
-        spec = self._within_budget(spec, messages, max_tokens, thread_id, notes)
+        # a cached answer is free: looked up before a budget or a cost review could refuse or pause it
+        spec = handle.spec
         key = cache_key(spec, messages, max_tokens, stop)
-        if self.settings.cache_ttl_s > 0 and (hit := self.ledger.cached(key, self.settings.cache_ttl_s)):
+        hit = self.ledger.cached(key, self.settings.cache_ttl_s) if self.settings.cache_ttl_s > 0 else None
+        if hit is None:
+            spec = self._cost_review(handle.spec, messages, max_tokens, thread_id, notes, agent=agent, task=task,
+                                     subtask_id=subtask_id)
+            spec = self._within_budget(spec, messages, max_tokens, thread_id, notes)
+            if spec is not handle.spec:  # moved to another tier: that model's answer may be cached too
+                key = cache_key(spec, messages, max_tokens, stop)
+                hit = self.ledger.cached(key, self.settings.cache_ttl_s) if self.settings.cache_ttl_s > 0 else None
+        if hit is not None:
             content, t_in, t_out = hit
             entry = LedgerEntry(agent=agent, task=task, model=spec.name, model_version=spec.version,
                                 tokens_in=t_in, tokens_out=t_out, cost_usd=0.0, latency_ms=0,
@@ -304,7 +311,7 @@ class ModelGateway:
         runtime_error: Exception | None = None  # the local runtime's own message says how to fix it
         for name in candidates:  # grows when the local runtime is down (below)
             cand = self.registry.specs[name]
-            if not cand.available():
+            if not self.registry.is_available(cand):
                 continue
             if self.breaker.is_open(name):
                 errors.append(f"{name}: cooling down after repeated failures")

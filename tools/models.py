@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -58,10 +59,12 @@ class ModelSpec(BaseModel):
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.price.input + tokens_out * self.price.output) / 1_000_000
 
-    def available(self) -> bool:
+    def available(self, secrets: Mapping[str, str] | None = None) -> bool:
+        """Enabled explicitly, or its credential is set: in ``secrets`` (the settings, which read
+        ``.env`` too) or in the environment."""
         if self.enabled is not None:
             return self.enabled
-        return bool(self.requires_env and os.environ.get(self.requires_env))
+        return bool(self.requires_env and ((secrets or {}).get(self.requires_env) or os.environ.get(self.requires_env)))
 
 
 class ChallengerSpec(BaseModel):
@@ -179,7 +182,17 @@ class ModelRegistry:
         return Cassette.load(self.settings.cassette_path)
 
     def available(self) -> list[ModelSpec]:
-        return [s for s in self.specs.values() if s.available()]
+        return [s for s in self.specs.values() if s.available(self.secrets)]
+
+    @cached_property
+    def secrets(self) -> dict[str, str]:
+        """Provider credentials from the settings (environment or ``.env``), by variable name."""
+        s = self.settings
+        found = {"OPENAI_API_KEY": s.openai_api_key, "ANTHROPIC_API_KEY": s.anthropic_api_key}
+        return {k: v.get_secret_value() for k, v in found.items() if v is not None and v.get_secret_value()}
+
+    def is_available(self, spec: ModelSpec) -> bool:
+        return spec.available(self.secrets)
 
     @cached_property
     def tier_router(self) -> TierRouter:
@@ -260,7 +273,7 @@ class ModelRegistry:
         if ch is None or ch.mode != mode:
             return None
         spec = self.specs[ch.model]
-        if not spec.available() or (capability and capability not in spec.capabilities):
+        if not spec.available(self.secrets) or (capability and capability not in spec.capabilities):
             return None
         return spec
 
@@ -310,16 +323,21 @@ class ModelRegistry:
             }
             if spec.provider == "openai_compatible":
                 kwargs["base_url"] = spec.base_url
-                kwargs["api_key"] = os.environ.get(spec.requires_env or "", "") or "not-needed"
-            elif s.openai_base_url:
-                kwargs["base_url"] = s.openai_base_url
+                env = spec.requires_env or ""
+                kwargs["api_key"] = self.secrets.get(env) or os.environ.get(env, "") or "not-needed"
+            else:
+                if s.openai_base_url:
+                    kwargs["base_url"] = s.openai_base_url
+                if key := self.secrets.get(spec.requires_env or "OPENAI_API_KEY"):
+                    kwargs["api_key"] = key
             return ChatOpenAI(**kwargs)
         if spec.provider == "anthropic":
             try:
                 from langchain_anthropic import ChatAnthropic  # optional extra
             except ImportError as exc:
                 raise RegistryError("install langchain-anthropic to use Anthropic models") from exc
-            return ChatAnthropic(model=spec.model, temperature=0)
+            key = self.secrets.get(spec.requires_env or "ANTHROPIC_API_KEY")
+            return ChatAnthropic(model=spec.model, temperature=0, **({"api_key": key} if key else {}))
         raise RegistryError(f"provider {spec.provider!r} cannot be built from the registry")
 
 

@@ -129,6 +129,19 @@ async def test_identical_request_is_served_from_the_cache(make_settings, tmp_pat
     assert not first.cached and first.cost_usd > 0
 
 
+async def test_a_cached_answer_is_served_even_when_the_budget_is_spent(make_settings, tmp_path, servers):
+    """A cached answer costs nothing: the budget check (and a cost review) come after the cache."""
+    p, b, _ = servers
+    data = tmp_path / "shared-data"
+    _, first = await ask(registry(make_settings, tmp_path, p, b, data_dir=data), "cached question")
+    spent = registry(make_settings, tmp_path, p, b, data_dir=data, budget_day_usd=0.0000001)
+    msg, again = await ask(spent, "cached question")
+    assert again.cached and again.cost_usd == 0 and msg.content.strip() == "answer from primary"
+    assert len(p.requests) == 1
+    with pytest.raises(BudgetExceeded):  # anything not cached is still refused
+        await ask(spent, "a new question")
+
+
 async def test_budget_alerts_at_80_percent_moves_heavy_to_light_then_refuses(make_settings, tmp_path, servers, caplog):
     p, b, _ = servers
     # each heavy call really costs $0.00109 (the fake reports 100 prompt + 3 output tokens)

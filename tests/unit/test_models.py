@@ -32,6 +32,17 @@ def test_hosted_models_become_available_with_their_key(monkeypatch):
     assert reg.for_agent("sql", policy="cost-saver", task=hard).spec.name == "local-qwen2.5-coder-1.5b"
 
 
+def test_a_key_in_the_env_file_enables_the_hosted_models_and_reaches_the_client(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    key = "sk-dotenv-" + "1" * 21
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"OPENAI_API_KEY={key}\n")
+    reg = ModelRegistry.from_settings(Settings(_env_file=env_file))
+    assert reg.pick("heavy").name == "gpt-4o"
+    chat = reg._build(reg.specs["gpt-4o"], "sql")
+    assert chat.openai_api_key.get_secret_value() == key
+
+
 def test_no_model_with_a_capability_is_a_clear_error():
     reg = ModelRegistry.from_settings(Settings())
     with pytest.raises(RegistryError, match="capability 'vision'"):
