@@ -105,7 +105,8 @@ class RAGAgent:
                 handle, msgs, agent="rag", task=question, max_tokens=160, subtask_id=out.subtask["id"]
             )
             out.ledger.append(entry)
-            text = attribute(str(reply.content).strip(), [h.text for h in relevant], self.services)
+            text = await asyncio.to_thread(attribute, str(reply.content).strip(), [h.text for h in relevant],
+                                           self.services)  # embeddings: off the event loop
             text, citations = cite_articles(text, relevant)
             out.evidence["model"] = handle.spec.name
             out.evidence["citations"] = citations

@@ -256,7 +256,7 @@ class SQLAgent:
         columns = review.sensitive_columns(settings.sensitive_columns, db, settings.sensitive_from_profile)
         return review.sensitive_reads(sql, db.column_map(), columns, db.dialect)
 
-    def _run_reviewed(self, out: Outcome, sql: str, template: str, columns: list[str]) -> None:
+    async def _run_reviewed(self, out: Outcome, sql: str, template: str, columns: list[str]) -> None:
         """Pause for a reviewer (``interrupt``) before a query that reads sensitive columns.
 
         LangGraph re-runs this node from its start on resume, so the model is asked again and may
@@ -279,7 +279,7 @@ class SQLAgent:
             return
         try:
             chosen = self._prepare(decision.sql)
-            result = self.services.db.run(chosen, max_rows=MAX_ROWS)
+            result = await asyncio.to_thread(self.services.db.run, chosen, max_rows=MAX_ROWS)  # off the event loop
         except UnsafeSQL as exc:
             why = "" if exc.malformed else " I can only read the database, so nothing was changed."
             out.fail(f"The reviewed query for “{question}” was not run: {exc.reason}.{why}",
@@ -339,7 +339,7 @@ class SQLAgent:
                 self._decline(out, question, "", refused)
                 return
             if result is None:
-                self._run_reviewed(out, sql, template, sensitive)
+                await self._run_reviewed(out, sql, template, sensitive)
                 return
             self._succeed(out, template, sql, result)
             return

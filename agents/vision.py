@@ -9,6 +9,7 @@ text, saying plainly what could not be read.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -79,7 +80,7 @@ class VisionAgent:
     async def _ocr_then_answer(self, image: ValidatedImage, handoff: Handoff, out: Outcome) -> None:
         from tools.ocr import extract_receipt_fields, read_image
 
-        ocr = read_image(image)
+        ocr = await asyncio.to_thread(read_image, image)  # seconds of CPU: off the event loop
         text = ocr.text()
         if not text.strip():
             out.fail("I could not read any text in this image. If it is a receipt or a screenshot, "

@@ -286,20 +286,20 @@ class ModelGateway:
         # a cached answer is free: looked up before a budget or a cost review could refuse or pause it
         spec = handle.spec
         key = cache_key(spec, messages, max_tokens, stop)
-        hit = self.ledger.cached(key, self.settings.cache_ttl_s) if self.settings.cache_ttl_s > 0 else None
+        hit = await asyncio.to_thread(self.ledger.cached, key, self.settings.cache_ttl_s) if self.settings.cache_ttl_s > 0 else None
         if hit is None:
             spec = self._cost_review(handle.spec, messages, max_tokens, thread_id, notes, agent=agent, task=task,
                                      subtask_id=subtask_id)
             spec = self._within_budget(spec, messages, max_tokens, thread_id, notes)
             if spec is not handle.spec:  # moved to another tier: that model's answer may be cached too
                 key = cache_key(spec, messages, max_tokens, stop)
-                hit = self.ledger.cached(key, self.settings.cache_ttl_s) if self.settings.cache_ttl_s > 0 else None
+                hit = await asyncio.to_thread(self.ledger.cached, key, self.settings.cache_ttl_s) if self.settings.cache_ttl_s > 0 else None
         if hit is not None:
             content, t_in, t_out = hit
             entry = LedgerEntry(agent=agent, task=task, model=spec.name, model_version=spec.version,
                                 tokens_in=t_in, tokens_out=t_out, cost_usd=0.0, latency_ms=0,
                                 subtask_id=subtask_id, cached=True, note="; ".join(notes))
-            self.ledger.record(entry, thread_id)
+            await asyncio.to_thread(self.ledger.record, entry, thread_id)
             metrics.record_model_call(entry)
             with telemetry.model_call_span(spec, agent=agent, max_tokens=max_tokens, thread_id=thread_id,
                                            subtask_id=subtask_id, cached=True) as call:
@@ -347,10 +347,11 @@ class ModelGateway:
                     notes.append("fallback after " + "; ".join(errors))
                 msg, entry = self._account(cand, full, started, agent, task, subtask_id, notes)
                 call.succeeded(entry, full)
-            self.ledger.record(entry, thread_id)
+            await asyncio.to_thread(self.ledger.record, entry, thread_id)
             metrics.record_model_call(entry)
             if self.settings.cache_ttl_s > 0 and not entry.note:
-                self.ledger.store(key, cand.name, str(msg.content), entry.tokens_in, entry.tokens_out)
+                await asyncio.to_thread(self.ledger.store, key, cand.name, str(msg.content), entry.tokens_in,
+                                        entry.tokens_out)
             self._shadow(cand, messages, agent=agent, task=task, max_tokens=max_tokens, stop=stop,
                          subtask_id=subtask_id, champion=entry, thread_id=thread_id)
             return msg, entry
@@ -397,7 +398,7 @@ class ModelGateway:
             answer, error = None, f"{type(exc).__name__}: {exc}"
             log.warning("shadow call to %s failed: %s", spec.name, error)
         try:
-            self.ledger.record(entry, None)
+            await asyncio.to_thread(self.ledger.record, entry, None)
             row = {**entry.as_dict(), "error": error}
             await asyncio.to_thread(self.registry.audit.record_call, row, thread_id=thread_id, role="shadow",
                                     shadow_of=shadow_of, answer=answer)
