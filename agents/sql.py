@@ -309,9 +309,10 @@ class SQLAgent:
         for attempt in range(MAX_ATTEMPTS):
             if attempt and attempts[-1]["error"] and not refused:
                 handle = self._escalate(handle, f"the light model's query failed: {attempts[-1]['error']}", out)
+            note = self._escalation_note(handle, out)
             reply, entry = await call_model(
                 handle, msgs, agent="sql", task=question, max_tokens=160, subtask_id=out.subtask["id"],
-                note=self._escalation_note(handle, out),
+                note=note, escalated=bool(note),
             )
             out.evidence["model"] = handle.spec.name
             out.ledger.append(entry)

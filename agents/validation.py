@@ -100,7 +100,7 @@ class Validator:
         if handoff["policy"] != ESCALATE_POLICY and self.services.registry.heavy_differs():
             log.info("validation failed (%s): retrying the %s subtask on the heavy tier", first["reason"], result["agent"])
             retry = await node({**handoff, "policy": ESCALATE_POLICY})
-            ledger += retry["ledger"]
+            ledger += [{**e, "escalated": True} for e in retry["ledger"]]  # the heavy retry's calls
             [again] = retry["results"]
             if again["ok"] and (rechecked := await self.verdict(again, handoff["policy"])) is not None:
                 validation, entry = rechecked

@@ -234,8 +234,8 @@ def _call_row(e: dict[str, Any]) -> dict[str, Any]:
         "role": e.get("role") or "serve", "model": e.get("model", ""), "model_version": e.get("model_version", ""),
         "tokens_in": int(e.get("tokens_in") or 0), "tokens_out": int(e.get("tokens_out") or 0),
         "cost_usd": float(e.get("cost_usd") or 0.0), "latency_ms": int(e.get("latency_ms") or 0),
-        "cached": int(bool(e.get("cached"))), "escalated": int("escalated from" in note),
-        "fallback": int("fallback after" in note), "error": None, "note": _redact(note),
+        "cached": int(bool(e.get("cached"))), "escalated": int(bool(e.get("escalated"))),
+        "fallback": int(bool(e.get("fallback"))), "error": None, "note": _redact(note),
     }
 
 

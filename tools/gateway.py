@@ -346,6 +346,7 @@ class ModelGateway:
                 if errors:
                     notes.append("fallback after " + "; ".join(errors))
                 msg, entry = self._account(cand, full, started, agent, task, subtask_id, notes)
+                entry.fallback = bool(errors)
                 call.succeeded(entry, full)
             await asyncio.to_thread(self.ledger.record, entry, thread_id)
             metrics.record_model_call(entry)

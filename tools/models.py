@@ -99,6 +99,8 @@ class LedgerEntry:
     note: str = ""
     role: str = "serve"  # serve | shadow | validate | vote
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    escalated: bool = False  # made on the heavy tier after the light one failed (a query, a validation)
+    fallback: bool = False  # answered by a fallback after the chosen model failed
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -386,11 +388,14 @@ async def call_model(
     stop: list[str] | None = None,
     subtask_id: str = "",
     note: str = "",
+    escalated: bool = False,
 ) -> tuple[AIMessage, LedgerEntry]:
     """Call a model (streaming, so UIs see tokens) through the gateway: cache, budget, fallback,
     circuit breaker, and a ledger entry with tokens, cost and latency. ``note`` (an escalation's
     reason, say) is kept with the call in the ledger."""
-    return await handle.registry.gateway.call(
+    msg, entry = await handle.registry.gateway.call(
         handle, messages, agent=agent, task=task, max_tokens=max_tokens, stop=stop, subtask_id=subtask_id,
         note=note,
     )
+    entry.escalated = escalated
+    return msg, entry

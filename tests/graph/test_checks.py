@@ -71,6 +71,11 @@ async def test_a_failed_check_retries_once_on_the_heavy_tier(make_settings, tmp_
     assert ev["validation"]["first"]["reason"] == "the query counts only Brazil."
     assert ev["escalations"][-1]["reason"].startswith("validation failed")
     assert [e["model"] for e in turn.ledger] == ["small", "checker", "big", "checker"]
+    # the heavy retry is typed as an escalation in the ledger, and the audit trail counts it
+    assert [e["escalated"] for e in turn.ledger] == [False, False, True, False]
+    [record] = sb.services.audit.turns(thread="v2")
+    served = [c for c in sb.services.audit.calls() if c["turn_id"] == record["turn_id"] and c["model"] == "big"]
+    assert [c["escalated"] for c in served] == [1]
 
 
 async def test_without_a_heavy_tier_a_failed_check_is_said_honestly(make_settings, tmp_path):

@@ -84,6 +84,7 @@ async def test_fault_falls_back_and_is_logged_in_the_ledger(make_settings, tmp_p
     msg, entry = await ask(reg)
     assert msg.content.strip() == "answer from backup"
     assert entry.model == "backup" and f"primary: {reason}" in entry.note
+    assert entry.fallback and not entry.escalated  # typed, for the audit trail's fallback rate
     assert entry.cost_usd == pytest.approx((100 * 0.1 + 3 * 0.2) / 1e6)  # priced as the model that answered
 
 
