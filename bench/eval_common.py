@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench.common import format_table, machine_load  # noqa: E402
+from tools.stats import percentile  # noqa: E402 - one definition, re-exported for the benches
 
 __all__ = [
     "EmbeddingCache",
@@ -58,17 +59,7 @@ __all__ = [
 DEFAULT_CACHE_DIR = Path(os.environ.get("SWITCHBOARD_BENCH_CACHE", Path.home() / ".cache" / "switchboard" / "bench"))
 
 
-# --- latency ---------------------------------------------------------------------------------
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation, as numpy computes it.
-
-    Kept as a named helper so every benchmark reports p50/p99 the same way.
-    """
-    if len(samples) == 0:
-        raise ValueError("no samples")
-    return float(np.percentile(np.asarray(samples, dtype=float), q))
-
-
+# --- latency (percentiles: tools.stats, nearest rank, the same as the audit summary) ------------
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """p50, p99, mean and max in milliseconds of per-call timings given in seconds."""
     ms = np.asarray(seconds, dtype=float) * 1000.0

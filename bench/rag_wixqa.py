@@ -71,6 +71,7 @@ from knowledge.store import PER_SOURCE_DEPTH, Chunk, Hit, KnowledgeStore, best_p
 from switchboard.services import Services  # noqa: E402
 from switchboard.settings import Settings  # noqa: E402
 from tools.models import ModelHandle, ModelRegistry, TierDecision  # noqa: E402
+from tools.stats import percentile  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/rag/wixqa_sample"
 HELPCENTER = ROOT / "knowledge" / "helpcenter"
@@ -565,7 +566,7 @@ def score_answers(records: Sequence[AnswerRecord], store: KnowledgeStore) -> Non
 
 
 def pct(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+    return percentile(values, q) if len(values) else float("nan")
 
 
 def print_index(index: Index) -> None:

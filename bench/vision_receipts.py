@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -73,6 +72,7 @@ from tools.ocr import (  # noqa: E402
     parse_amount,
     read_image,
 )
+from tools.stats import percentile  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "vision" / "softmatic_receipts_de"
 FIELDS = ("total", "date", "merchant")
@@ -312,13 +312,6 @@ def run_model(name: str, labels: list[Label], args: argparse.Namespace) -> int:
         print_rows(outcomes)
     print_summary(outcomes, 0.0, args.max_side, title=f"Vision model {name} ({spec.model})")
     return 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation; honest for 26 samples)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def field_counts(outcomes: list[Outcome], field: str) -> tuple[int, int, int]:

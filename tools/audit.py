@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import statistics
 import threading
@@ -45,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from switchboard.settings import Settings
+from tools.stats import percentile
 
 log = logging.getLogger("switchboard.audit")
 
@@ -405,15 +405,6 @@ def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
         yield items[i:i + n]
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
-    return float(ordered[k])
-
-
 def _group(calls: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in calls:
@@ -425,7 +416,7 @@ def _group(calls: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
             key: name, "calls": len(cs), "cached": sum(c["cached"] for c in cs),
             "tokens_in": sum(c["tokens_in"] or 0 for c in cs), "tokens_out": sum(c["tokens_out"] or 0 for c in cs),
             "cost_usd": round(sum(c["cost_usd"] or 0.0 for c in cs), 6),
-            "p50_ms": percentile(live, 50), "p95_ms": percentile(live, 95),
+            "p50_ms": percentile(live, 50) if live else 0.0, "p95_ms": percentile(live, 95) if live else 0.0,
             "mean_ms": round(statistics.fmean(live), 1) if live else 0.0,
             "escalation_rate": round(sum(c["escalated"] for c in cs) / len(cs), 4),
             "fallback_rate": round(sum(c["fallback"] for c in cs) / len(cs), 4),

