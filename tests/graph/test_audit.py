@@ -12,7 +12,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from graphs import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.cli import main
-from tests.graph.test_support_graph import LOCAL, scripted_services
+from tests.stacks import LOCAL, scripted_services
 from tools.audit import AuditTrail, answer_id_for, build_turn_record, parse_since
 
 TWO_PART = "How many customers do we have, and what is your refund policy?"

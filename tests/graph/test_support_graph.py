@@ -13,34 +13,9 @@ import pytest
 
 from graphs import build_support_graph
 from switchboard.api import Switchboard
-from switchboard.services import Services
-from tests.fakes import ScriptedChatModel, by_system_prompt
+from tests.stacks import LOCAL, scripted_services
 
 SNAPSHOT = Path(__file__).parent / "support_graph.mmd"
-LOCAL = "local-qwen2.5-coder-1.5b"
-
-
-def sql_reply(messages) -> str:
-    q = str(messages[-1].content)
-    if "how many of them" in q.lower():
-        return "SQL: SELECT COUNT(*) FROM Customer WHERE Country = 'Brazil'\nANSWER: {result} of them are from Brazil."
-    return "SQL: SELECT COUNT(*) FROM Customer\nANSWER: We have {result} customers."
-
-
-def scripted_services(settings, **rules) -> tuple[Services, ScriptedChatModel]:
-    services = Services(settings)
-    fake = ScriptedChatModel(
-        respond=by_system_prompt(
-            {
-                "SQLite SELECT": rules.get("sql", sql_reply),
-                "help-center passages": rules.get("rag", "Refunds are possible within 14 days [1]."),
-                "support assistant of Chinook": rules.get("general", "Hello! How can I help?"),
-                "route one customer-support": rules.get("triage", "general"),
-            }
-        )
-    )
-    services.registry.use_chat_model(LOCAL, fake)
-    return services, fake
 
 
 def test_graph_wiring_matches_the_committed_drawing(make_settings):

@@ -26,7 +26,7 @@ from switchboard.api import Switchboard
 from switchboard.settings import REPO_ROOT
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.graph.test_gateway import models_file
-from tests.graph.test_support_graph import LOCAL, scripted_services
+from tests.stacks import LOCAL, scripted_services
 from tools import metrics, telemetry
 from tools.models import ModelRegistry, call_model
 from tools.recording import MissingRecording

@@ -10,7 +10,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from graphs import build_support_graph
 from switchboard.api import Switchboard
-from tests.graph.test_support_graph import scripted_services
+from tests.stacks import scripted_services
 
 
 async def test_asking_on_a_thread_with_an_unfinished_turn_finishes_it_first(make_settings):

@@ -13,11 +13,7 @@ import importlib.util
 import json
 import logging
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -25,67 +21,22 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
-from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
 from switchboard import server
 from switchboard.api import Switchboard
 from switchboard.server import MissingAPIKeys, ServerSettings, create_app
 from switchboard.settings import REPO_ROOT, Settings
 from tests.fakes import ScriptedChatModel
-from tests.graph.test_support_graph import scripted_services
-
-KEY = "sk-" + "test-http-0123456789abcdef"  # built at run time, so scripts/scan_secrets.py passes
-OTHER_KEY = "second-key-0123456789abcdef"
-LOCAL = "local-qwen2.5-coder-1.5b"
-INVOICE = REPO_ROOT / "tests" / "fixtures" / "images" / "chinook_invoice_98.png"
-VISION_ANSWER = "The total on this invoice is 3.98 USD."
-REGISTRY = f"""
-models:
-  {LOCAL}:
-    provider: llamacpp
-    model: scripted
-    tier: light
-    price: {{input: 1.0, output: 2.0}}
-    capabilities: [json]
-    enabled: true
-  vision-fake:
-    provider: fake
-    model: vision-fake
-    tier: light
-    capabilities: [vision]
-    enabled: true
-"""
-
-
-@contextmanager
-def serve_in_thread(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-
-
-def vision_reply(messages: list[Any]) -> str:
-    parts = messages[-1].content
-    assert any(isinstance(p, dict) and p.get("type") == "image_url" for p in parts), "no image reached the model"
-    return VISION_ANSWER
+from tests.stacks import (
+    INVOICE,
+    KEY,
+    LOCAL,
+    OTHER_KEY,
+    REGISTRY,
+    VISION_ANSWER,
+    scripted_board,
+    serve_in_thread,
+)
 
 
 @dataclass
@@ -103,13 +54,6 @@ class Stack:
 
     def get(self, path: str, *, key: str | None = KEY) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=60)
-
-
-def scripted_board(settings: Settings) -> tuple[Switchboard, ScriptedChatModel, ScriptedChatModel]:
-    services, fake = scripted_services(settings)
-    vision = ScriptedChatModel(respond=vision_reply)
-    services.registry.use_chat_model("vision-fake", vision)
-    return Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services), fake, vision
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from switchboard.server import create_app
 from switchboard.settings import Settings
-from tests.integration.test_http_api import KEY, LOCAL, REGISTRY, scripted_board, serve_in_thread
+from tests.stacks import KEY, LOCAL, REGISTRY, scripted_board, serve_in_thread
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

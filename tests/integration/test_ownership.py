@@ -24,7 +24,7 @@ from switchboard.persistence import open_checkpointer
 from switchboard.server import ServerSettings, create_app, key_name, parse_key_entries
 from switchboard.settings import Settings
 from tests.graph.test_human_review import EMAIL, PHONE, PHONE_Q, PHONE_SQL, board, scripted
-from tests.integration.test_http_api import REGISTRY, serve_in_thread
+from tests.stacks import REGISTRY, serve_in_thread
 
 ALICE = "alice-key-0123456789abcdef"  # asks
 BOB = "bob-key-0123456789abcdef"  # another customer's backend: neither reviewer nor admin

@@ -10,7 +10,7 @@ import pytest
 from graphs import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.persistence import open_checkpointer
-from tests.graph.test_support_graph import scripted_services
+from tests.stacks import scripted_services
 
 PG_URL = os.environ.get("SWITCHBOARD_PG_URL", "")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="SWITCHBOARD_PG_URL is not set: run `eval \"$(scripts/postgres.sh)\"`")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from switchboard.settings import REPO_ROOT
-from tests.graph.test_support_graph import scripted_services
+from tests.stacks import scripted_services
 
 
 def brazil_aware_sql(messages: list[Any]) -> str:

@@ -21,7 +21,7 @@ from switchboard.api import Switchboard
 from switchboard.server import create_app
 from switchboard.settings import Settings
 from tests.graph.test_human_review import EMAIL, PHONE, PHONE_Q, PHONE_SQL, TWO_PART, scripted
-from tests.integration.test_http_api import KEY, REGISTRY, serve_in_thread
+from tests.stacks import KEY, REGISTRY, serve_in_thread
 
 REVIEWER_KEY = "reviewer-key-0123456789abcdef"
 

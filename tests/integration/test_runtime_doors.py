@@ -20,7 +20,7 @@ from switchboard.api import Switchboard
 from switchboard.server import create_app
 from switchboard.services import Services
 from switchboard.settings import REPO_ROOT, Settings
-from tests.integration.test_http_api import serve_in_thread
+from tests.stacks import serve_in_thread
 
 SIGILL_RUNTIME = REPO_ROOT / "tests" / "fixtures" / "fake_llama_cpp" / "sigill"
 KEY = "runtime-door-key-0123456789"
