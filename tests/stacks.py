@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -18,6 +19,7 @@ from graphs import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.services import Services
 from switchboard.settings import REPO_ROOT, Settings
+from tools.models import LedgerEntry
 from tools.scripted import ScriptedChatModel, by_system_prompt
 
 LOCAL = "local-qwen2.5-coder-1.5b"
@@ -102,3 +104,107 @@ def scripted_board(settings: Settings) -> tuple[Switchboard, ScriptedChatModel, 
     vision = ScriptedChatModel(respond=vision_reply)
     services.registry.use_chat_model("vision-fake", vision)
     return Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services), fake, vision
+
+
+# --- human review: a sensitive question and two model tiers (tests/graph/test_human_review.py) ---
+PHONE_Q = "What is the phone number of customer Luís Gonçalves?"
+PHONE_SQL = "SELECT Phone FROM Customer WHERE FirstName = 'Luís' AND LastName = 'Gonçalves'"
+PHONE = "+55 (12) 3923-5555"
+EMAIL = "luisg@embraer.com.br"
+TWO_PART = "What is the phone number of customer Luís Gonçalves, and what is your refund policy?"
+COUNT_REPLY = "SQL: SELECT COUNT(*) FROM Customer\nANSWER: We have {result} customers."
+
+
+def phone_reply(messages) -> str:
+    return f"SQL: {PHONE_SQL}\nANSWER: Luís Gonçalves's phone number is {{result}}."
+
+
+def scripted(settings, sql=phone_reply, **rules) -> tuple[Services, ScriptedChatModel]:
+    services = Services(settings)
+    fake = ScriptedChatModel(respond=by_system_prompt({
+        "SQLite SELECT": sql,
+        "help-center passages": rules.get("rag", "Refunds are possible within 14 days [1]."),
+        "support assistant of Chinook": rules.get("general", "Hello! How can I help?"),
+        "route one customer-support": rules.get("triage", "sql"),
+    }))
+    services.registry.use_chat_model(LOCAL, fake)
+    return services, fake
+
+
+def board(settings, sql=phone_reply, saver=None, **rules) -> tuple[Switchboard, ScriptedChatModel]:
+    services, fake = scripted(settings, sql, **rules)
+    return Switchboard(build_support_graph(services=services, checkpointer=saver or InMemorySaver()), services), fake
+
+
+TWO_TIERS = """
+models:
+  small: {provider: fake, model: small, version: s1, tier: light, price: {input: 0.1, output: 0.2}, enabled: true}
+  big: {provider: fake, model: big, version: b1, tier: heavy, price: {input: 5.0, output: 15.0}, enabled: true}
+policies:
+  cost-saver:   {triage: light, sql: light, rag: light, vision: light, general: light}
+  balanced:     {triage: light, sql: light, rag: light, vision: light, general: light}
+  best-quality: {triage: light, sql: heavy, rag: heavy, vision: heavy, general: heavy}
+"""
+
+
+def tiered(make_settings, tmp_path: Path, big_sql=COUNT_REPLY, small_sql=COUNT_REPLY, **kw):
+    f = tmp_path / "models.yaml"
+    f.write_text(TWO_TIERS)
+    services = Services(make_settings(models_file=f, cache_ttl_s=0, **kw))
+    small = ScriptedChatModel(respond=by_system_prompt({"SQLite SELECT": small_sql}))
+    big = ScriptedChatModel(respond=by_system_prompt({"SQLite SELECT": big_sql}))
+    services.registry.use_chat_model("small", small)
+    services.registry.use_chat_model("big", big)
+    sb = Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services)
+    return sb, small, big
+
+
+def spend(sb: Switchboard, thread: str, usd: float) -> None:
+    sb.services.registry.gateway.ledger.record(
+        LedgerEntry(agent="sql", task="earlier", model="big", model_version="b1", tokens_in=0, tokens_out=0,
+                    cost_usd=usd, latency_ms=0), thread)
+
+
+# --- registries of loopback OpenAI-compatible fakes (tests/fake_openai.py) ------------------------
+def models_file(tmp_path: Path, primary_url: str, backup_url: str) -> Path:
+    f = tmp_path / "models.yaml"
+    f.write_text(f"""
+models:
+  primary:
+    provider: openai_compatible
+    base_url: {primary_url}
+    model: big-model
+    version: big-1
+    tier: heavy
+    price: {{input: 10.0, output: 30.0}}
+    enabled: true
+    fallbacks: [backup]
+  backup:
+    provider: openai_compatible
+    base_url: {backup_url}
+    model: small-model
+    version: small-1
+    tier: light
+    price: {{input: 0.1, output: 0.2}}
+    enabled: true
+policies:
+  balanced: {{triage: light, sql: heavy, rag: heavy, vision: light, general: heavy}}
+""")
+    return f
+
+
+def registry_file(tmp_path: Path, url: str) -> Path:
+    f = tmp_path / "models.yaml"
+    f.write_text(
+        "models:\n"
+        "  vision-server:\n"
+        "    provider: openai_compatible\n"
+        f"    base_url: {url}\n"
+        "    model: llava-test\n"
+        "    version: llava-test-1\n"
+        "    tier: light\n"
+        "    price: {input: 1.0, output: 2.0}\n"
+        "    capabilities: [vision]\n"
+        "    enabled: true\n"
+    )
+    return f

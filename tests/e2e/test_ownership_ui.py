@@ -26,7 +26,7 @@ import socketio
 from switchboard.persistence import open_checkpointer
 from switchboard.settings import Settings
 from tests.e2e.conftest import ChainlitServer
-from tests.graph.test_human_review import EMAIL, PHONE, PHONE_Q, PHONE_SQL, board
+from tests.stacks import EMAIL, PHONE, PHONE_Q, PHONE_SQL, board
 from tools.audit import AuditTrail
 
 pytestmark = pytest.mark.e2e

@@ -301,7 +301,7 @@ def test_chat_ui_uploads_are_typed_by_content(tmp_path, monkeypatch):
 
 async def test_langgraph_door_without_a_checkpointer_rejects_a_cost_review(make_settings, tmp_path):
     """The cost gate too: where no reviewer can be asked, the heavy call is declined (light tier)."""
-    from tests.graph.test_human_review import spend, tiered
+    from tests.stacks import spend, tiered
 
     sb, small, big = tiered(make_settings, tmp_path, review_cost_usd=0.05)
     spend(sb, "nc", 0.049)

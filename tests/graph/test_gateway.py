@@ -4,7 +4,6 @@ OpenAI client code against a loopback fake of the API that injects faults (no tu
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 from langchain_core.messages import HumanMessage
@@ -14,35 +13,9 @@ from graphs import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.services import Services
 from tests.fake_openai import FakeOpenAI, Fault
+from tests.stacks import models_file
 from tools.gateway import AllModelsFailed, BudgetExceeded
 from tools.models import ModelRegistry, call_model
-
-
-def models_file(tmp_path: Path, primary_url: str, backup_url: str) -> Path:
-    f = tmp_path / "models.yaml"
-    f.write_text(f"""
-models:
-  primary:
-    provider: openai_compatible
-    base_url: {primary_url}
-    model: big-model
-    version: big-1
-    tier: heavy
-    price: {{input: 10.0, output: 30.0}}
-    enabled: true
-    fallbacks: [backup]
-  backup:
-    provider: openai_compatible
-    base_url: {backup_url}
-    model: small-model
-    version: small-1
-    tier: light
-    price: {{input: 0.1, output: 0.2}}
-    enabled: true
-policies:
-  balanced: {{triage: light, sql: heavy, rag: heavy, vision: light, general: heavy}}
-""")
-    return f
 
 
 @pytest.fixture

@@ -12,25 +12,12 @@ from graphs import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.services import Services
 from tests.fake_openai import FakeOpenAI
+from tests.stacks import registry_file
 
 INVOICE = Path(__file__).parents[1] / "fixtures" / "images" / "chinook_invoice_98.png"
 
 
-def registry_file(tmp_path: Path, url: str) -> Path:
-    f = tmp_path / "models.yaml"
-    f.write_text(
-        "models:\n"
-        "  vision-server:\n"
-        "    provider: openai_compatible\n"
-        f"    base_url: {url}\n"
-        "    model: llava-test\n"
-        "    version: llava-test-1\n"
-        "    tier: light\n"
-        "    price: {input: 1.0, output: 2.0}\n"
-        "    capabilities: [vision]\n"
-        "    enabled: true\n"
-    )
-    return f
+
 
 
 async def test_image_goes_to_the_configured_vision_model(make_settings, tmp_path):

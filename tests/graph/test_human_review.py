@@ -5,7 +5,6 @@ through the Python API, the CLI, and after a restart -- with scripted fake model
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from langchain_core.messages import HumanMessage
@@ -18,41 +17,25 @@ from graphs import build_support_graph
 from switchboard.api import NoPendingReview, ReviewError, ReviewPending, Switchboard
 from switchboard.services import Services
 from tests.fakes import ScriptedChatModel, by_system_prompt
+from tests.stacks import (
+    COUNT_REPLY,
+    EMAIL,
+    PHONE,
+    PHONE_Q,
+    PHONE_SQL,
+    TWO_PART,
+    board,
+    phone_reply,
+    scripted,
+    spend,
+    tiered,
+)
 from tools import review
 from tools.database import ReadOnlyDatabase
 from tools.gateway import current_thread_id
-from tools.models import LedgerEntry, call_model
+from tools.models import call_model
 
 LOCAL = "local-qwen2.5-coder-1.5b"
-PHONE_Q = "What is the phone number of customer Luís Gonçalves?"
-PHONE_SQL = "SELECT Phone FROM Customer WHERE FirstName = 'Luís' AND LastName = 'Gonçalves'"
-PHONE = "+55 (12) 3923-5555"
-EMAIL = "luisg@embraer.com.br"
-TWO_PART = "What is the phone number of customer Luís Gonçalves, and what is your refund policy?"
-COUNT_REPLY = "SQL: SELECT COUNT(*) FROM Customer\nANSWER: We have {result} customers."
-
-
-def phone_reply(messages) -> str:
-    return f"SQL: {PHONE_SQL}\nANSWER: Luís Gonçalves's phone number is {{result}}."
-
-
-def scripted(settings, sql=phone_reply, **rules) -> tuple[Services, ScriptedChatModel]:
-    services = Services(settings)
-    fake = ScriptedChatModel(respond=by_system_prompt({
-        "SQLite SELECT": sql,
-        "help-center passages": rules.get("rag", "Refunds are possible within 14 days [1]."),
-        "support assistant of Chinook": rules.get("general", "Hello! How can I help?"),
-        "route one customer-support": rules.get("triage", "sql"),
-    }))
-    services.registry.use_chat_model(LOCAL, fake)
-    return services, fake
-
-
-def board(settings, sql=phone_reply, saver=None, **rules) -> tuple[Switchboard, ScriptedChatModel]:
-    services, fake = scripted(settings, sql, **rules)
-    return Switchboard(build_support_graph(services=services, checkpointer=saver or InMemorySaver()), services), fake
-
-
 def calls_for(fake: ScriptedChatModel, phrase: str) -> int:
     return sum(1 for msgs in fake.calls if phrase in str(msgs[0].content))
 
@@ -319,35 +302,6 @@ async def test_a_paused_turn_survives_a_restart(make_settings):
 
 
 # --- cost review before a heavy-tier call ---------------------------------------------------------
-
-TWO_TIERS = """
-models:
-  small: {provider: fake, model: small, version: s1, tier: light, price: {input: 0.1, output: 0.2}, enabled: true}
-  big: {provider: fake, model: big, version: b1, tier: heavy, price: {input: 5.0, output: 15.0}, enabled: true}
-policies:
-  cost-saver:   {triage: light, sql: light, rag: light, vision: light, general: light}
-  balanced:     {triage: light, sql: light, rag: light, vision: light, general: light}
-  best-quality: {triage: light, sql: heavy, rag: heavy, vision: heavy, general: heavy}
-"""
-
-
-def tiered(make_settings, tmp_path: Path, big_sql=COUNT_REPLY, small_sql=COUNT_REPLY, **kw):
-    f = tmp_path / "models.yaml"
-    f.write_text(TWO_TIERS)
-    services = Services(make_settings(models_file=f, cache_ttl_s=0, **kw))
-    small = ScriptedChatModel(respond=by_system_prompt({"SQLite SELECT": small_sql}))
-    big = ScriptedChatModel(respond=by_system_prompt({"SQLite SELECT": big_sql}))
-    services.registry.use_chat_model("small", small)
-    services.registry.use_chat_model("big", big)
-    sb = Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services)
-    return sb, small, big
-
-
-def spend(sb: Switchboard, thread: str, usd: float) -> None:
-    sb.services.registry.gateway.ledger.record(
-        LedgerEntry(agent="sql", task="earlier", model="big", model_version="b1", tokens_in=0, tokens_out=0,
-                    cost_usd=usd, latency_ms=0), thread)
-
 
 async def test_a_heavy_call_that_stays_under_the_limit_does_not_pause(make_settings, tmp_path):
     sb, small, big = tiered(make_settings, tmp_path, review_cost_usd=0.05)

@@ -25,8 +25,7 @@ from graphs import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.settings import REPO_ROOT
 from tests.fake_openai import FakeOpenAI, Fault
-from tests.graph.test_gateway import models_file
-from tests.stacks import LOCAL, scripted_services
+from tests.stacks import LOCAL, models_file, scripted_services
 from tools import metrics, telemetry
 from tools.models import ModelRegistry, call_model
 from tools.recording import MissingRecording

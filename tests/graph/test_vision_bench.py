@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import SHARED_DATA, require_shared
 from tests.fake_openai import FakeOpenAI
-from tests.graph.test_hosted_vision import registry_file
+from tests.stacks import registry_file
 
 RECEIPTS = SHARED_DATA / "vision" / "softmatic_receipts_de"
 BENCH = Path(__file__).parents[2] / "bench" / "vision_receipts.py"

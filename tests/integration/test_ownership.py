@@ -23,8 +23,7 @@ from switchboard.api import Switchboard
 from switchboard.persistence import open_checkpointer
 from switchboard.server import ServerSettings, create_app, key_name, parse_key_entries
 from switchboard.settings import Settings
-from tests.graph.test_human_review import EMAIL, PHONE, PHONE_Q, PHONE_SQL, board, scripted
-from tests.stacks import REGISTRY, serve_in_thread
+from tests.stacks import EMAIL, PHONE, PHONE_Q, PHONE_SQL, REGISTRY, board, scripted, serve_in_thread
 
 ALICE = "alice-key-0123456789abcdef"  # asks
 BOB = "bob-key-0123456789abcdef"  # another customer's backend: neither reviewer nor admin

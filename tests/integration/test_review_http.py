@@ -20,8 +20,7 @@ from graphs import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.server import create_app
 from switchboard.settings import Settings
-from tests.graph.test_human_review import EMAIL, PHONE, PHONE_Q, PHONE_SQL, TWO_PART, scripted
-from tests.stacks import KEY, REGISTRY, serve_in_thread
+from tests.stacks import EMAIL, KEY, PHONE, PHONE_Q, PHONE_SQL, REGISTRY, TWO_PART, scripted, serve_in_thread
 
 REVIEWER_KEY = "reviewer-key-0123456789abcdef"
 
