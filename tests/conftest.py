@@ -90,10 +90,12 @@ def pytest_configure(config: pytest.Config) -> None:
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             if os.environ.get("CI"):
                 raise pytest.UsageError(str(exc)) from exc
-            config.issue_config_time_warning(pytest.PytestWarning(f"{script}: {exc}"), stacklevel=2)
+            SERVER_PROBLEMS.append(f"{script}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")
 
 
 _STARTED: list[str] = []
+# test servers that could not be started here (outside CI): their tests skip; said in the summary
+SERVER_PROBLEMS: list[str] = []
 # shared data sets (../shared/data) that tests wanted and did not find: one summary line at the end
 MISSING_SHARED: set[str] = set()
 
@@ -107,6 +109,8 @@ def require_shared(path: Path) -> Path:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001 - pytest hook
+    for problem in SERVER_PROBLEMS:
+        terminalreporter.write_line(f"test server not started (its tests skipped): {problem}")
     if MISSING_SHARED:
         terminalreporter.write_line(
             f"shared data missing (tests that need it skipped): {', '.join(sorted(MISSING_SHARED))} "
