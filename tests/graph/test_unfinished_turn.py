@@ -14,35 +14,10 @@ from tests.stacks import scripted_services
 
 
 async def test_asking_on_a_thread_with_an_unfinished_turn_finishes_it_first(make_settings):
-    services, fake = scripted_services(make_settings(cache_ttl_s=0))
-    board = Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services)
-    rag_started, crash = asyncio.Event(), {"on": True}
-
-    async def gate(messages):
-        if crash["on"] and "help-center passages" in str(messages[0].content):
-            rag_started.set()
-            await asyncio.Event().wait()  # never returns: the turn is cut off here
-
-    fake.before_reply = gate
-    turn = asyncio.create_task(board.ask("How many customers do we have, and what is your refund policy?",
-                                         thread_id="cut"))
-    await asyncio.wait_for(rag_started.wait(), 30)
-
-    async def sql_checkpointed():  # the SQL branch finished and its result is saved
-        while True:
-            snap = await board.graph.aget_state({"configurable": {"thread_id": "cut"}})
-            if any(t.name == "sql" and t.result is not None for t in snap.tasks):
-                return
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(sql_checkpointed(), 30)
-    turn.cancel()
-    await asyncio.gather(turn, return_exceptions=True)
-    assert await board.unfinished("cut")
+    board, _, fake = await cut_off_turn(make_settings, "cut")
     assert board.services.audit.turns(thread="cut") == []
     sql_calls = sum("SQLite SELECT" in str(c[0].content) for c in fake.calls)
 
-    crash["on"] = False
     new = await board.ask("Hello!", thread_id="cut")
     assert new.answer == "Hello! How can I help?"
     assert sum("SQLite SELECT" in str(c[0].content) for c in fake.calls) == sql_calls  # SQL not re-run
@@ -54,7 +29,8 @@ async def test_asking_on_a_thread_with_an_unfinished_turn_finishes_it_first(make
 
 
 async def cut_off_turn(make_settings, thread: str):
-    """A two-part turn cut off mid-RAG after its SQL part was checkpointed (as above)."""
+    """A two-part turn cut off mid-RAG (its task cancelled, as a crash would cut it) after its SQL
+    part was checkpointed. Returns the board, the thread's config and the scripted model."""
     services, fake = scripted_services(make_settings(cache_ttl_s=0))
     board = Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services)
     rag_started, crash = asyncio.Event(), {"on": True}
@@ -75,12 +51,12 @@ async def cut_off_turn(make_settings, thread: str):
     await asyncio.gather(turn, return_exceptions=True)
     crash["on"] = False
     assert await board.unfinished(thread)
-    return board, config
+    return board, config, fake
 
 
 async def test_a_cut_off_turn_that_fails_again_is_closed_as_failed_keeping_what_finished(make_settings,
                                                                                           monkeypatch):
-    board, config = await cut_off_turn(make_settings, "again")
+    board, config, _ = await cut_off_turn(make_settings, "again")
 
     async def retry_fails(*args, **kwargs):
         raise RuntimeError("the same crash")
@@ -98,7 +74,7 @@ async def test_a_cut_off_turn_that_fails_again_is_closed_as_failed_keeping_what_
 
 
 async def test_a_cut_off_turn_is_not_retried_after_it_stopped_the_process_twice(make_settings, monkeypatch):
-    board, config = await cut_off_turn(make_settings, "twice")
+    board, config, _ = await cut_off_turn(make_settings, "twice")
     checkpoint = (await board.graph.aget_state(config)).config["configurable"]["checkpoint_id"]
     for _ in range(2):  # two retries that each died with the process (counted before they ran)
         board.services.audit.count_recovery_attempt("twice", checkpoint)
