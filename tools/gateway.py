@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.messages import AIMessage, BaseMessage
 
 from tools import metrics, telemetry
-from tools.local_llm import check_fits
+from tools.local_llm import LocalRuntimeUnavailable, check_fits
 from tools.recording import message_dicts
 
 if TYPE_CHECKING:
@@ -73,8 +73,6 @@ def failure_reason(exc: BaseException) -> str | None:
     """Why a provider call failed, if it is the kind another provider may not have; else None."""
     import httpx
     import openai
-
-    from tools.local_llm import LocalRuntimeUnavailable
 
     if isinstance(exc, LocalRuntimeUnavailable):
         return "local runtime unavailable (its self-check failed)"
@@ -275,6 +273,10 @@ class ModelGateway:
                      f"{light.name} answered instead")
         return light
 
+    async def _cached(self, key: str) -> tuple[str, int, int] | None:
+        """The cached answer for ``key`` within the TTL (off the event loop), or None."""
+        return await asyncio.to_thread(self.ledger.cached, key, self.settings.cache_ttl_s) if self.settings.cache_ttl_s > 0 else None
+
     # --- the call --------------------------------------------------------------------------
     async def call(self, handle: ModelHandle, messages: list[BaseMessage], *, agent: str, task: str,
                    max_tokens: int, stop: list[str] | None, subtask_id: str,
@@ -286,14 +288,14 @@ class ModelGateway:
         # a cached answer is free: looked up before a budget or a cost review could refuse or pause it
         spec = handle.spec
         key = cache_key(spec, messages, max_tokens, stop)
-        hit = await asyncio.to_thread(self.ledger.cached, key, self.settings.cache_ttl_s) if self.settings.cache_ttl_s > 0 else None
+        hit = await self._cached(key)
         if hit is None:
             spec = self._cost_review(handle.spec, messages, max_tokens, thread_id, notes, agent=agent, task=task,
                                      subtask_id=subtask_id)
             spec = self._within_budget(spec, messages, max_tokens, thread_id, notes)
             if spec is not handle.spec:  # moved to another tier: that model's answer may be cached too
                 key = cache_key(spec, messages, max_tokens, stop)
-                hit = await asyncio.to_thread(self.ledger.cached, key, self.settings.cache_ttl_s) if self.settings.cache_ttl_s > 0 else None
+                hit = await self._cached(key)
         if hit is not None:
             content, t_in, t_out = hit
             entry = LedgerEntry(agent=agent, task=task, model=spec.name, model_version=spec.version,
@@ -329,7 +331,7 @@ class ModelGateway:
                     if reason is None:
                         raise
                     call.failed(reason)
-                    if getattr(exc, "code", None) == "local_runtime_unavailable":
+                    if isinstance(exc, LocalRuntimeUnavailable):
                         runtime_error = exc  # remembered per process already: no breaker needed
                         # hosted models, if configured, still serve: same tier first
                         others = sorted((s for s in self.registry.available()

@@ -172,27 +172,28 @@ _CHECKED: dict[str, LocalRuntimeUnavailable | None] = {}
 _CHECK_LOCK = threading.Lock()
 
 
-def cpu_flags() -> set[str]:
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags from /proc/cpuinfo (empty where there is none)."""
+    model, flags = "", set()
     try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        return model, flags
+    for line in lines:
+        if line.startswith("model name") and not model:
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith(("flags", "Features")) and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    return model, flags
+
+
+def cpu_flags() -> set[str]:
+    return _cpuinfo()[1]
 
 
 def _cpu_identity() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}|{model}|{' '.join(sorted(cpu_flags()))}"
+    model, flags = _cpuinfo()
+    return f"{platform.machine()}|{model}|{' '.join(sorted(flags))}"
 
 
 def runtime_identity(model_path: str | Path) -> str:
