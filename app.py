@@ -41,7 +41,7 @@ from langgraph.types import Command
 from graphs.state import Context, turn_policy
 from graphs.support import build_support_graph, turn_input
 from switchboard.access import UI, Access, Principal, ReviewForbidden, ThreadNotFound
-from switchboard.api import RUNTIME_UNAVAILABLE, RecoveryGuard, record_decisions
+from switchboard.api import RecoveryGuard, RetryFailed, record_decisions, runtime_failure
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
@@ -798,22 +798,19 @@ async def on_message(message: cl.Message) -> None:
         await send_review(thread_id, pending)
         return
     if snapshot.next:  # a turn that a crash or restart cut off: finish it from its checkpoint first
-        guard = RecoveryGuard(graph, SERVICES)
-        if not await guard.may_try(snapshot, thread_id):  # it already failed to finish: never loop into it
-            closed = await guard.close_failed(snapshot, thread_id, "it stopped part-way again when it was retried")
-            await cl.Message(content=closed).send()
-        else:
+        async def finish_earlier() -> None:
             await cl.Message(content="First, the answer to your previous question, which was interrupted:").send()
             earlier = TurnView()
-            earlier_policy = _valid_policy(turn_policy(snapshot.values, policy))
-            if await stream_turn(graph, None, config, earlier_policy, earlier):
-                await conclude_turn(graph, config, earlier)
-            else:  # it failed again: close it, keeping what its finished parts found, and answer the new one
-                closed = await guard.close_failed(await graph.aget_state(config), thread_id,
-                                                  "it failed again when it was retried")
-                await cl.Message(content=closed).send()
-            if review.pending_reviews(await graph.aget_state(config)):
-                return  # the finished turn paused for review: its buttons are shown
+            if not await stream_turn(graph, None, config, _valid_policy(turn_policy(snapshot.values, policy)), earlier):
+                raise RetryFailed("the interrupted turn failed again")  # stream_turn showed why
+            await conclude_turn(graph, config, earlier)
+
+        # tried at most twice; a failed retry closes it, keeping what its finished parts found
+        _, closed = await RecoveryGuard(graph, SERVICES).finish(snapshot, thread_id, finish_earlier)
+        if closed is not None:
+            await cl.Message(content=closed).send()
+        elif review.pending_reviews(await graph.aget_state(config)):
+            return  # the finished turn paused for review: its buttons are shown
     view = TurnView()
 
     attachment = pick_attachment(message.elements)
@@ -868,14 +865,12 @@ async def conclude_turn(graph: Any, config: dict[str, Any], view: TurnView) -> N
         await send_review(config["configurable"]["thread_id"], pending)
         return
     values = state.values or {}
-    results = values.get("results") or []
-    if results and not any(r.get("ok") for r in results):
-        runtime = [r for r in results if (r.get("evidence") or {}).get("error_code") == RUNTIME_UNAVAILABLE]
-        if runtime:  # no model could run: an error message with the cause and the fix, not an answer
-            if view.reply is not None:
-                await view.reply.remove()
-            await cl.ErrorMessage(content=runtime[0]["answer"]).send()
-            return
+    if (error := runtime_failure(values.get("results") or [])) is not None:
+        # no model could run: an error message with the cause and the fix, not an answer
+        if view.reply is not None:
+            await view.reply.remove()
+        await cl.ErrorMessage(content=error).send()
+        return
     ledger = values.get("ledger") or []
     if view.reply is None:  # synthesis always answers; this is only a guard
         await view.answer((state.values or {}).get("answer", ""))

@@ -13,11 +13,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage
 from langgraph.types import Command
@@ -42,6 +42,17 @@ __all__ = ["NoPendingReview", "ReviewError", "ReviewForbidden", "ReviewPending",
 log = logging.getLogger("switchboard.api")
 
 RUNTIME_UNAVAILABLE = LocalRuntimeUnavailable.code
+
+
+def runtime_failure(results: list[dict[str, Any]]) -> str | None:
+    """The message to answer as an error when every part of a turn failed and a model runtime was
+    unavailable (its message names the cause and the fix); None when any part answered."""
+    if not results or any(r.get("ok") for r in results):
+        return None
+    for r in results:
+        if (r.get("evidence") or {}).get("error_code") == RUNTIME_UNAVAILABLE:
+            return str(r.get("answer") or "")
+    return None
 
 
 class ReviewPending(RuntimeError):
@@ -96,12 +107,7 @@ class TurnResult:
         """Why the turn could not be answered at all: every part failed because a model runtime is
         unavailable (the local runtime's self-check failed, say). The message names the cause and
         the fix; the doors answer it as an error (CLI exit 1, HTTP 503, the chat UI's error)."""
-        if not self.results or any(r.get("ok") for r in self.results):
-            return None
-        for r in self.results:
-            if (r.get("evidence") or {}).get("error_code") == RUNTIME_UNAVAILABLE:
-                return str(r.get("answer") or "")
-        return None
+        return runtime_failure(self.results)
 
     @property
     def cost_usd(self) -> float:
@@ -181,9 +187,10 @@ class Switchboard:
         :class:`ReviewPending`. A turn that a crash left part-way is finished first (its answer
         goes into the conversation and the audit trail), so no question is silently dropped.
         A ``thread_id`` owned by another principal raises :class:`ThreadNotFound`."""
+        fresh = thread_id is None
         thread_id = thread_id or uuid.uuid4().hex
         await self.access.check_turn(self.graph, thread_id, principal or self.principal)
-        if thread_id:
+        if not fresh:  # a new id has no state: nothing paused, nothing cut off
             snapshot = await self.graph.aget_state(_config(thread_id))
             if pending := review.pending_reviews(snapshot):
                 raise ReviewPending(thread_id, pending)
@@ -277,17 +284,9 @@ class Switchboard:
         counted before it runs, so an attempt that kills the process counts too), or whose
         attempt raises, is closed as failed: its answer says so and keeps what its finished
         specialists found. Returns the finished turn, or None when it was closed."""
-        guard = RecoveryGuard(self.graph, self.services)
-        if not await guard.may_try(snapshot, thread_id):
-            await guard.close_failed(snapshot, thread_id, "it stopped part-way again when it was retried")
-            return None
-        try:
-            return await self._continue(snapshot, thread_id, None)
-        except Exception as exc:  # noqa: BLE001 - closed as failed and logged: never the same crash twice
-            log.exception("thread %s: the unfinished turn failed again; closing it as failed", thread_id)
-            await guard.close_failed(await self.graph.aget_state(_config(thread_id)), thread_id,
-                                     f"it failed again when it was retried ({type(exc).__name__})")
-            return None
+        finished, _ = await RecoveryGuard(self.graph, self.services).finish(
+            snapshot, thread_id, lambda: self._continue(snapshot, thread_id, None))
+        return finished
 
     async def recover(self, thread_id: str, *, principal: Principal | None = None) -> TurnResult:
         """Finish a turn that stopped part-way, from its last checkpoint (LangGraph input ``None``).
@@ -308,6 +307,11 @@ class Switchboard:
 
 
 MAX_RECOVERY_ATTEMPTS = 2
+T = TypeVar("T")
+
+
+class RetryFailed(RuntimeError):
+    """A door's retry of a cut-off turn failed and the door has already shown why."""
 
 
 class RecoveryGuard:
@@ -324,6 +328,21 @@ class RecoveryGuard:
         checkpoint = (snapshot.config.get("configurable") or {}).get("checkpoint_id", "")
         attempts = await asyncio.to_thread(self.services.audit.count_recovery_attempt, thread_id, checkpoint)
         return attempts <= MAX_RECOVERY_ATTEMPTS
+
+    async def finish(self, snapshot: Any, thread_id: str, run: Callable[[], Awaitable[T]]) -> tuple[T | None, str | None]:
+        """Finish the cut-off turn with ``run()`` (each door runs it its own way), unless it already
+        failed to finish ``MAX_RECOVERY_ATTEMPTS`` times; a run that raises closes it as failed.
+        Returns ``(run's result, None)``, or ``(None, the closing answer)`` when it was closed."""
+        if not await self.may_try(snapshot, thread_id):
+            return None, await self.close_failed(snapshot, thread_id, "it stopped part-way again when it was retried")
+        try:
+            return await run(), None
+        except Exception as exc:  # noqa: BLE001 - closed as failed and logged: never the same crash twice
+            log.exception("thread %s: the unfinished turn failed again; closing it as failed", thread_id)
+            why = "it failed again when it was retried"
+            if not isinstance(exc, RetryFailed):  # a door that already showed the failure names no exception
+                why += f" ({type(exc).__name__})"
+            return None, await self.close_failed(await self.graph.aget_state(_config(thread_id)), thread_id, why)
 
     async def close_failed(self, snapshot: Any, thread_id: str, why: str) -> str:
         """End the cut-off turn with an answer that says it failed and keeps what finished parts

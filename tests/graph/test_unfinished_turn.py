@@ -9,7 +9,7 @@ import asyncio
 from langgraph.checkpoint.memory import InMemorySaver
 
 from graphs import build_support_graph
-from switchboard.api import Switchboard
+from switchboard.api import RecoveryGuard, RetryFailed, Switchboard
 from tests.stacks import scripted_services
 
 
@@ -88,3 +88,30 @@ async def test_a_cut_off_turn_is_not_retried_after_it_stopped_the_process_twice(
     texts = [str(m.content) for m in (await board.graph.aget_state(config)).values["messages"]]
     assert "it stopped part-way again when it was retried" in texts[1] and "We have 59 customers." in texts[1]
     assert not await board.unfinished("twice")
+
+
+async def test_a_door_that_showed_the_failure_closes_the_turn_through_the_same_guard(make_settings):
+    """The chat UI finishes a cut-off turn its own way (streaming) and raises RetryFailed when that
+    fails, having shown why: the shared guard closes the turn without naming an exception, and a
+    guard that has already given up does not run the door's retry at all."""
+    board, config, _ = await cut_off_turn(make_settings, "door")
+    guard = RecoveryGuard(board.graph, board.services)
+    runs = []
+
+    async def door_retry() -> None:
+        runs.append(1)
+        raise RetryFailed("shown in the chat already")
+
+    result, closed = await guard.finish(await board.graph.aget_state(config), "door", door_retry)
+    assert result is None and runs == [1]
+    assert closed.endswith("could not be answered: it failed again when it was retried.\n\n"
+                           "What was found before it stopped:\n\nWe have 59 customers.")
+    assert not await board.unfinished("door")
+
+    board2, config2, _ = await cut_off_turn(make_settings, "door2")
+    snapshot = await board2.graph.aget_state(config2)
+    checkpoint = snapshot.config["configurable"]["checkpoint_id"]
+    for _ in range(2):
+        board2.services.audit.count_recovery_attempt("door2", checkpoint)
+    result, closed = await RecoveryGuard(board2.graph, board2.services).finish(snapshot, "door2", door_retry)
+    assert runs == [1] and "stopped part-way again" in closed
