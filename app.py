@@ -29,38 +29,38 @@ import sqlite3
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import chainlit as cl
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
-from chainlit.input_widget import Select
+from chainlit.input_widget import InputWidget, Select
+from chainlit.types import ThreadDict
 from langgraph.types import Command
 
 from graphs.state import Context, turn_policy
-from graphs.support import build_support_graph, turn_input
+from graphs.support import SPECIALISTS, build_support_graph, turn_input
 from switchboard.access import UI, Access, Principal, ReviewForbidden, ThreadNotFound
 from switchboard.api import RecoveryGuard, RetryFailed, record_decisions, runtime_failure
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
 from tools import review
-from tools.images import ImageRejected, sniff_upload_file
-from tools.redaction import install_log_redaction
+from tools.models.values import POLICIES
+from tools.observability.redaction import install_log_redaction
+from tools.vision.images import ImageRejected, sniff_upload_file
 
 log = logging.getLogger("switchboard.ui")
 install_log_redaction()  # Chainlit configures logging itself; records are redacted as they are made
 
 SETTINGS = Settings()
-POLICIES = ("cost-saver", "balanced", "best-quality")
-POLICY_LABELS = {
+POLICY_LABELS = {  # how the chat settings show the routing policies (tools/models/values.py names them)
     "cost-saver": "Cost saver: cheapest models",
-    "balanced": "Balanced",
     "best-quality": "Best quality: strongest models",
 }
-AGENT_TITLES = {"sql": "SQL agent", "rag": "Knowledge base", "vision": "Vision", "general": "Generalist"}
-SPECIALISTS = tuple(AGENT_TITLES)
+AGENT_TITLES = {cls.name: cls.title for cls in SPECIALISTS}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -310,7 +310,7 @@ def _data_layer() -> SQLAlchemyDataLayer:
 if UI_USERS:
 
     @cl.password_auth_callback
-    def _password_auth(username: str, password: str) -> cl.User | None:
+    async def _password_auth(username: str, password: str) -> cl.User | None:
         if check_password(UI_USERS, username, password):
             return cl.User(identifier=username, metadata={"provider": "credentials"})
         return None
@@ -318,7 +318,7 @@ if UI_USERS:
 else:
 
     @cl.header_auth_callback
-    def _local_user(headers: Any) -> cl.User | None:
+    async def _local_user(headers: Any) -> cl.User | None:
         # No users configured: one local user, so history still works without a login page.
         return cl.User(identifier="local", metadata={"provider": "local"})
 
@@ -369,7 +369,7 @@ async def _startup() -> None:
     stack = AsyncExitStack()
     saver = await stack.enter_async_context(open_checkpointer(SETTINGS))
     _runtime["stack"], _runtime["saver"] = stack, saver
-    _runtime["graph"] = build_support_graph(services=SERVICES, checkpointer=saver)
+    _runtime["graph"] = build_support_graph(SERVICES, checkpointer=saver)
     _runtime["warm"] = asyncio.create_task(asyncio.to_thread(_warm_up))
     host = os.environ.get("CHAINLIT_HOST", "127.0.0.1")
     if not UI_USERS and host not in LOOPBACK:
@@ -443,18 +443,17 @@ def banner_markdown(services: Services) -> str:
 
 
 async def _send_settings(policy: str) -> None:
-    await cl.ChatSettings(
-        [
-            Select(
-                id="policy",
-                label="Routing policy",
-                items={POLICY_LABELS[p]: p for p in POLICIES},
-                initial_value=policy,
-                description="Which model tier each specialist asks for (cost-saver and balanced stay on "
-                "light models; best-quality uses heavy ones when they are configured).",
-            )
-        ]
-    ).send()
+    widgets: list[InputWidget] = [
+        Select(
+            id="policy",
+            label="Routing policy",
+            items={POLICY_LABELS.get(p, p.capitalize()): p for p in POLICIES},
+            initial_value=policy,
+            description="Which model tier each specialist asks for (cost-saver and balanced stay on "
+            "light models; best-quality uses heavy ones when they are configured).",
+        )
+    ]
+    await cl.ChatSettings(widgets).send()
 
 
 def _valid_policy(value: Any) -> str:
@@ -479,7 +478,7 @@ async def on_settings_update(values: dict[str, Any]) -> None:
 
 
 @cl.on_chat_resume
-async def on_chat_resume(thread: dict[str, Any]) -> None:
+async def on_chat_resume(thread: ThreadDict) -> None:
     # Chainlit restores the user session from the thread's metadata (saved on disconnect); the
     # conversation context is in the LangGraph checkpoint under the same thread id.
     meta = thread.get("metadata") or {}
@@ -667,7 +666,7 @@ class TurnView:
             self.triage = cl.Step(name="Triage", type="tool", show_input=False, parent_id=self.parent_id)
             self.triage.start = _now()
             await self.triage.send()
-        elif name in SPECIALISTS:
+        elif name in AGENT_TITLES:
             handoff = task.get("input") or {}
             sub = handoff.get("subtask") or {}
             title = AGENT_TITLES[name]
@@ -703,10 +702,10 @@ class TurnView:
     async def token(self, chunk: Any, meta: dict[str, Any]) -> None:
         node = meta.get("langgraph_node")
         task_id = (meta.get("langgraph_checkpoint_ns") or "").partition(":")[2].split("|")[0]
-        if node not in (*SPECIALISTS, "triage") or not self._fresh(task_id, chunk):
+        if node not in (*AGENT_TITLES, "triage") or not self._fresh(task_id, chunk):
             return
         text = chunk.content if isinstance(chunk.content, str) else ""
-        if node in SPECIALISTS and task_id in self.steps:
+        if node in AGENT_TITLES and task_id in self.steps:
             if getattr(chunk, "usage_metadata", None) and self.raw[task_id] and not text:
                 self.raw[task_id] += "\n\n"  # end of one model call (SQL may retry)
             if text:
@@ -723,7 +722,7 @@ class TurnView:
             log_ = _unwrap(result.get("triage_log")) or {}
             self.triage.output = triage_markdown(self.subtasks, log_)
             await _finish(self.triage, error=task.get("error"))
-        elif name in SPECIALISTS and task["id"] in self.steps:
+        elif name in AGENT_TITLES and task["id"] in self.steps:
             step = self.steps.pop(task["id"])
             if task.get("interrupts"):  # paused for human review: the node runs again once decided
                 step.output = "Waiting for review: see the request below."
@@ -927,7 +926,7 @@ async def send_review(thread_id: str, pending: list[dict[str, Any]], for_id: str
     _review_actions[thread_id] = actions
 
 
-def saved_review_message(thread: dict[str, Any], pending: list[dict[str, Any]]) -> str | None:
+def saved_review_message(thread: Mapping[str, Any], pending: list[dict[str, Any]]) -> str | None:
     """The id of the saved message that showed these reviews (buttons are not saved with it)."""
     wanted = {r["id"] for r in pending}
     for saved in reversed(thread.get("steps") or []):

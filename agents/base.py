@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from langgraph.errors import GraphBubbleUp, is_invalid_resume
 
-from graphs.state import AgentResult, Handoff
-from tools import telemetry
-from tools.gateway import AllModelsFailed, BudgetExceeded, ReviewDeclined
-from tools.local_llm import LocalRuntimeUnavailable, PromptTooLong
-from tools.models import LedgerEntry
-from tools.recording import MissingRecording
+from agents.contract import AgentResult, Evidence, Handoff
+from agents.followup import needs_context
+from tools.models.gateway import AllModelsFailed, BudgetExceeded, ReviewDeclined
+from tools.models.local_llm import LocalRuntimeUnavailable, PromptTooLong
+from tools.models.recording import MissingRecording
+from tools.models.values import LedgerEntry
+from tools.observability import telemetry
 
 log = logging.getLogger("switchboard.agents")
-
-
-_NEEDS_CONTEXT = re.compile(
-    r"^\s*(?:and|also|then|so|what about|how about)\b"
-    r"|\b(?:them|they|those|these|it|its|that|this one|he|she|him|his|her|their|same|previous|earlier|above)\b",
-    re.IGNORECASE,
-)
-
-
-def needs_context(task: str) -> bool:
-    """Does this subtask lean on earlier turns ("and how many of them...", "what about 2024?")?
-
-    A standalone question gets no conversation summary: on the local model every prompt token
-    costs time (~58 tokens/s), and unrelated history only distracts a small model.
-    """
-    return bool(_NEEDS_CONTEXT.search(task)) or len(task.split()) <= 3
 
 
 def context_block(handoff: Handoff) -> str:
@@ -52,16 +36,20 @@ def context_block(handoff: Handoff) -> str:
     return ("\n".join(parts) + "\n") if parts else ""
 
 
-class Outcome:
-    """Collects one specialist's answer, evidence and ledger, then becomes a state update."""
+E = TypeVar("E", bound=Evidence)
 
-    def __init__(self, agent: str, handoff: Handoff) -> None:
+
+class Outcome(Generic[E]):
+    """Collects one specialist's answer, evidence (its own ``Evidence`` type) and ledger, then
+    becomes a state update."""
+
+    def __init__(self, agent: str, handoff: Handoff, evidence: E) -> None:
         self.agent = agent
         self.subtask = handoff["subtask"]
         self.answer = ""
         self.ok = True
         self.error: str | None = None
-        self.evidence: dict[str, Any] = {}
+        self.evidence: E = evidence
         self.entities: dict[str, str] = {}
         self.ledger: list[LedgerEntry] = []
         self.started = time.monotonic()
@@ -90,11 +78,11 @@ def error_reference() -> str:
 
 
 @asynccontextmanager
-async def specialist(agent: str, handoff: Handoff) -> AsyncIterator[Outcome]:
+async def specialist(agent: str, handoff: Handoff, evidence: E) -> AsyncIterator[Outcome[E]]:
     """Run a specialist body; an unexpected error becomes a failed result with a generic answer
     and an error reference (the detail is logged with its traceback and kept in ``error``), so one
     broken branch never loses the rest of the turn."""
-    out = Outcome(agent, handoff)
+    out = Outcome(agent, handoff, evidence)
     paused = False
     try:
         yield out

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from agents import prompts
 from agents.base import context_block, specialist
-from graphs.state import Handoff
-from switchboard.services import Services
-from tools.models import call_model
+from agents.contract import Evidence, Handoff
+from agents.deps import AgentServices
+from tools.models.gateway import call_model
 
 
 class GeneralAgent:
-    def __init__(self, services: Services) -> None:
+    name: ClassVar[str] = "general"
+    title: ClassVar[str] = "Generalist"  # the chat UI's step
+    label: ClassVar[str] = "Also"  # introduces its part of a combined answer
+
+    def __init__(self, services: AgentServices) -> None:
         self.services = services
 
     async def __call__(self, handoff: Handoff) -> dict[str, Any]:
-        async with specialist("general", handoff) as out:
+        async with specialist(self.name, handoff, Evidence()) as out:
             handle, tier = self.services.registry.route("general", handoff["policy"], task=out.subtask["task"])
             out.evidence["tier"] = tier.as_dict()
             msgs = [

@@ -17,18 +17,18 @@ import asyncio
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from agents import prompts
 from agents.base import context_block, specialist
-from agents.triage import looks_like_follow_up
-from graphs.state import Handoff
+from agents.contract import Evidence, Handoff
+from agents.deps import AgentServices
+from agents.followup import looks_like_follow_up
 from knowledge.screening import instruction_like
 from knowledge.store import Hit
-from switchboard.services import Services
-from tools.models import call_model
+from tools.models.gateway import call_model
 
 log = logging.getLogger("switchboard.agents")
 
@@ -50,6 +50,15 @@ NOT_FOUND = (
 )
 
 
+class RAGEvidence(Evidence, total=False):
+    """What the help-center specialist retrieved and cited."""
+
+    retrieved: list[dict[str, Any]]  # title, source, url, score of each passage retrieved
+    quarantined: list[dict[str, Any]]  # passages left out for instruction-like text, with the reason
+    citations: list[dict[str, Any]]
+    passages: str  # the passages as the model saw them (what a validator checks against)
+
+
 class RAGAgent:
     """Answers from ``top_k`` retrieved passages scoring at least ``min_score``.
 
@@ -57,16 +66,25 @@ class RAGAgent:
     instead of the ``top_k`` best chunks (which may all come from one article).
     """
 
+    name: ClassVar[str] = "rag"
+    title: ClassVar[str] = "Knowledge base"  # the chat UI's step
+    label: ClassVar[str] = "From the help center"  # introduces its part of a combined answer
+
     def __init__(
-        self, services: Services, top_k: int = TOP_K, min_score: float = MIN_SCORE, per_article: bool = PER_ARTICLE
+        self, services: AgentServices, top_k: int = TOP_K, min_score: float = MIN_SCORE, per_article: bool = PER_ARTICLE
     ) -> None:
         self.services = services
         self.top_k = top_k
         self.min_score = min_score
         self.per_article = per_article
 
+    @staticmethod
+    def checkable(evidence: RAGEvidence) -> tuple[str, str] | None:
+        """What a validator checks this answer against: the passages the model was shown."""
+        return ("the help-center articles", evidence["passages"]) if evidence.get("passages") else None
+
     async def __call__(self, handoff: Handoff) -> dict[str, Any]:
-        async with specialist("rag", handoff) as out:
+        async with specialist(self.name, handoff, RAGEvidence()) as out:
             question = out.subtask["task"]
             # off the event loop: embedding + Chroma are blocking, and other conversations' turns wait on it
             found = await asyncio.to_thread(
@@ -86,7 +104,7 @@ class RAGAgent:
                 {"title": h.title, "source": h.source, "url": h.url, "score": round(h.score, 3)} for h in hits
             ]
             relevant = curated_first([h for h in hits if h.score >= self.min_score],
-                                     self.services.settings.helpcenter_dir)
+                                     self.services.agent_config.helpcenter_dir)
             if not relevant:
                 out.answer = NOT_FOUND
                 out.evidence["citations"] = []
@@ -208,7 +226,7 @@ _END = ".!?:"
 ATTRIBUTION_MIN = 0.45  # cosine between a sentence and a passage to count as "comes from"
 
 
-def attribute(answer: str, passages: list[str], services: Services) -> str:
+def attribute(answer: str, passages: list[str], services: AgentServices) -> str:
     """Give each uncited sentence the passage it most resembles, when it clearly comes from one.
 
     Small models often forget the [n] markers; embeddings (milliseconds) restore them, and a

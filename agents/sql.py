@@ -20,20 +20,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from sqlalchemy.engine import make_url
 
 from agents import prompts
 from agents.base import Outcome, context_block, specialist
+from agents.contract import Evidence, Handoff
+from agents.deps import AgentServices
 from agents.sql_schema import SchemaSelector
-from graphs.state import Handoff
-from switchboard.services import Services
 from tools import review
-from tools.database import QueryResult, ReadOnlyDatabase, SQLExecutionError
-from tools.models import ModelHandle, call_model
-from tools.sql_guard import UnsafeSQL, check_read_only, double_quoted_values_as_strings
+from tools.models.gateway import call_model
+from tools.models.registry import ModelHandle
+from tools.sql import sensitive
+from tools.sql.database import QueryResult, ReadOnlyDatabase, SQLExecutionError
+from tools.sql.guard import UnsafeSQL, check_read_only, double_quoted_values_as_strings
 
 log = logging.getLogger("switchboard.agents.sql")
 
@@ -131,6 +133,20 @@ def single_row_entities(result: QueryResult) -> dict[str, str]:
     return ents
 
 
+class SQLEvidence(Evidence, total=False):
+    """What the SQL specialist found: the query that ran and (the first rows of) its result."""
+
+    sql: str
+    columns: list[str]
+    rows: list[list[Any]]  # the first 10
+    row_count: int
+    truncated: bool  # the result hit the row or byte cap
+    table: str  # the first rows as Markdown
+    attempts: list[dict[str, Any]]  # each model's query and its error, in order
+    review: dict[str, Any]  # a reviewer's decision on a query that reads sensitive columns
+    schema_tables: list[str]  # the tables the schema selector showed the model
+
+
 @dataclass(frozen=True)
 class PromptProfile:
     """What the SQL prompt says about a database besides its schema."""
@@ -185,7 +201,11 @@ class SQLAgent:
     """The ``sql`` node. ``model`` pins a registry model by name (benchmarks); by default the
     routing policy's tier decides, like every agent."""
 
-    def __init__(self, services: Services, model: str | None = None) -> None:
+    name: ClassVar[str] = "sql"
+    title: ClassVar[str] = "SQL agent"  # the chat UI's step
+    label: ClassVar[str] = "In our records"  # introduces its part of a combined answer
+
+    def __init__(self, services: AgentServices, model: str | None = None) -> None:
         self.services = services
         self.model = model
 
@@ -202,14 +222,14 @@ class SQLAgent:
         """The schema part of the prompt: whole when small, the question's tables when large."""
         return self.selector.render(question)
 
-    def _handle(self, policy: str, question: str, out: Outcome) -> ModelHandle:
+    def _handle(self, policy: str, question: str, out: Outcome[SQLEvidence]) -> ModelHandle:
         if self.model is not None:
             return self.services.registry.handle(self.model, role="sql")
         handle, tier = self.services.registry.route("sql", policy, task=question)
         out.evidence["tier"] = tier.as_dict()
         return handle
 
-    def _escalate(self, handle: ModelHandle, reason: str, out: Outcome) -> ModelHandle:
+    def _escalate(self, handle: ModelHandle, reason: str, out: Outcome[SQLEvidence]) -> ModelHandle:
         """Cascade: the light model's query failed to parse, validate or run, which is a cheap and
         reliable sign it is out of its depth; the remaining attempts go to the heavy tier."""
         if self.model is not None or out.evidence.get("escalations"):
@@ -222,15 +242,22 @@ class SQLAgent:
         return heavy
 
     @staticmethod
-    def _escalation_note(handle: ModelHandle, out: Outcome) -> str:
+    def _escalation_note(handle: ModelHandle, out: Outcome[SQLEvidence]) -> str:
         """The ledger note of a call made on the model this subtask escalated to."""
         for esc in out.evidence.get("escalations") or []:
             if esc["to"] == handle.spec.name:
                 return f"escalated from {esc['from']}: {esc['reason']}"
         return ""
 
+    @staticmethod
+    def checkable(evidence: SQLEvidence) -> tuple[str, str] | None:
+        """What a validator checks this answer against: the query and its result."""
+        if not evidence.get("sql"):
+            return None
+        return "the database result", f"SQL: {evidence['sql']}\nResult:\n{evidence.get('table', '')}"
+
     async def __call__(self, handoff: Handoff) -> dict[str, Any]:
-        async with specialist("sql", handoff) as out:
+        async with specialist(self.name, handoff, SQLEvidence()) as out:
             await self._answer(handoff, out)
         return out.update()
 
@@ -249,14 +276,14 @@ class SQLAgent:
         """The sensitive columns a prepared query reads -- configured, plus those the database's
         profile shows to hold contact data (``sensitive_from_profile``) -- inside a graph run
         (direct calls, e.g. benchmarks, never pause; a run that cannot pause refuses them)."""
-        settings = self.services.settings
+        settings = self.services.agent_config
         if not settings.sensitive_columns or review.review_mode() == "off":
             return []
         db = self.services.db
-        columns = review.sensitive_columns(settings.sensitive_columns, db, settings.sensitive_from_profile)
-        return review.sensitive_reads(sql, db.column_map(), columns, db.dialect)
+        columns = sensitive.sensitive_columns(settings.sensitive_columns, db, settings.sensitive_from_profile)
+        return sensitive.sensitive_reads(sql, db.column_map(), columns, db.dialect)
 
-    async def _run_reviewed(self, out: Outcome, sql: str, template: str, columns: list[str]) -> None:
+    async def _run_reviewed(self, out: Outcome[SQLEvidence], sql: str, template: str, columns: list[str]) -> None:
         """Pause for a reviewer (``interrupt``) before a query that reads sensitive columns.
 
         LangGraph re-runs this node from its start on resume, so the model is asked again and may
@@ -294,7 +321,7 @@ class SQLAgent:
             out.evidence["attempts"].append({"model": "reviewer", "sql": chosen, "error": ""})
         self._succeed(out, template if chosen == sql else "", chosen, result)
 
-    async def _answer(self, handoff: Handoff, out: Outcome) -> None:
+    async def _answer(self, handoff: Handoff, out: Outcome[SQLEvidence]) -> None:
         question = out.subtask["task"]
         handle = self._handle(handoff["policy"], question, out)
         msgs: list[BaseMessage] = [
@@ -355,7 +382,7 @@ class SQLAgent:
         )
 
     @staticmethod
-    def _decline(out: Outcome, question: str, explanation: str, refused: str | None) -> None:
+    def _decline(out: Outcome[SQLEvidence], question: str, explanation: str, refused: str | None) -> None:
         """No query answers this: a write request (refused) or something the data cannot tell."""
         if refused is not None:
             out.fail(READ_ONLY_REFUSAL, error=f"refused: {refused}")
@@ -364,7 +391,7 @@ class SQLAgent:
         out.fail(f"I could not answer “{question}” from the database: {reason}", error="no query")
 
     @staticmethod
-    def _succeed(out: Outcome, template: str, sql: str, result: QueryResult) -> None:
+    def _succeed(out: Outcome[SQLEvidence], template: str, sql: str, result: QueryResult) -> None:
         out.answer = render_answer(template, result)
         out.evidence.update(
             {

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.database import ReadOnlyDatabase, TableInfo
+from tools.sql.database import ReadOnlyDatabase, TableInfo
 
 __all__ = [
     "MAX_FULL_CHARS",

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from agents import prompts
-from graphs.state import Subtask
-from tools.gateway import AllModelsFailed
-from tools.intent import IntentClassifier, Prediction, RouteConfig
-from tools.local_llm import LocalRuntimeUnavailable, PromptTooLong
-from tools.models import LedgerEntry, ModelHandle, ModelRegistry, call_model
+from agents.contract import Subtask
+from agents.followup import looks_like_follow_up
+from tools.models.gateway import AllModelsFailed, call_model
+from tools.models.local_llm import LocalRuntimeUnavailable, PromptTooLong
+from tools.models.registry import ModelHandle, ModelRegistry
+from tools.models.values import LedgerEntry
+from tools.routing.intent import IntentClassifier, Prediction, RouteConfig
 
 log = logging.getLogger("switchboard.triage")
 
@@ -26,14 +28,6 @@ _SENTENCE = re.compile(r"(?<=[.?!;])\s+")
 # Conjunctions that may join two independent requests in one sentence.
 _CONJ = re.compile(r",?\s+(?:and also|and then|and|also|plus|as well as)\s+", re.IGNORECASE)
 IMAGE_CLAUSE_MIN = 0.15  # vision+records_check probability for a clause to be "about the image"
-_FOLLOW_UP = re.compile(r"^(?:and|also|what about|how about|and what about)\b|\b(?:them|they|those|it|that|he|she|his|her|their)\b", re.I)
-
-
-def looks_like_follow_up(text: str) -> bool:
-    """Elliptical or anaphoric turns ("and in 2024?", "how many of them ...") lean on context."""
-    return bool(_FOLLOW_UP.search(text))
-
-
 def too_long_refusal(length: int, limit: int) -> str:
     return (f"Your message is {length:,} characters long; I can take at most {limit:,} characters in one message, "
             "so I did not act on it. Please shorten it, or send your questions a few at a time.")

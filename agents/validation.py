@@ -19,28 +19,17 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from agents import prompts
-from graphs.state import AgentResult, Handoff
-from switchboard.services import Services
-from tools.models import ESCALATE_POLICY, call_model
+from agents.contract import AgentResult, Handoff
+from agents.deps import AgentServices
+from tools.models.gateway import call_model
+from tools.models.values import ESCALATE_POLICY
 
 log = logging.getLogger("switchboard.agents.validation")
 
 Node = Callable[[Handoff], Awaitable[dict[str, Any]]]
+Checkable = Callable[[Any], "tuple[str, str] | None"]  # evidence -> (what it is, its text), or None
 _VERDICT = re.compile(r"^\W*(PASS|FAIL)\b\W*(.*)", re.I | re.S)
 EVIDENCE_CHARS = 1500
-
-
-def evidence_text(result: AgentResult) -> tuple[str, str] | None:
-    """(what it is, the text) of the evidence an answer was built from; None if it has none."""
-    ev = result.get("evidence") or {}
-    if ev.get("sql"):
-        return "the database result", f"SQL: {ev['sql']}\nResult:\n{ev.get('table', '')}"[:EVIDENCE_CHARS]
-    if ev.get("passages"):
-        return "the help-center articles", str(ev["passages"])[:EVIDENCE_CHARS]
-    if ev.get("fields") or ev.get("ocr_text"):
-        fields = ", ".join(f"{k}: {v}" for k, v in (ev.get("fields") or {}).items() if v)
-        return "what was read from the image", f"{fields}\nText: {ev.get('ocr_text', '')}"[:EVIDENCE_CHARS]
-    return None
 
 
 def parse_verdict(text: str) -> tuple[str, str]:
@@ -51,27 +40,31 @@ def parse_verdict(text: str) -> tuple[str, str]:
 
 
 class Validator:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: AgentServices) -> None:
         self.services = services
 
     def wrap(self, agent: str, node: Node) -> Node:
-        """The node, checked: unchanged for agents that are not configured for validation."""
-        if agent not in self.services.settings.validate_agents:
+        """The node, checked: unchanged for agents that are not configured for validation, or
+        whose specialist names no evidence to check against (``checkable``, see
+        ``agents/contract.py``)."""
+        checkable = getattr(node, "checkable", None)
+        if agent not in self.services.agent_config.validate_agents or checkable is None:
             return node
 
         async def validated(handoff: Handoff) -> dict[str, Any]:
-            return await self.check(node, handoff, await node(handoff))
+            return await self.check(node, checkable, handoff, await node(handoff))
 
         validated.__name__ = getattr(node, "__name__", agent)
         return validated
 
-    async def verdict(self, result: AgentResult, policy: str) -> tuple[dict[str, Any], Any] | None:
-        found = evidence_text(result)
+    async def verdict(self, result: AgentResult, policy: str, checkable: Checkable) -> tuple[dict[str, Any], Any] | None:
+        found = checkable(result["evidence"])
         if found is None:
             return None
         what, evidence = found
+        evidence = evidence[:EVIDENCE_CHARS]
         reg = self.services.registry
-        name = self.services.settings.validator_model
+        name = self.services.agent_config.validator_model
         handle = reg.handle(name, role="validator") if name else reg.for_agent("validator", policy)
         msgs = [SystemMessage(prompts.VALIDATE_SYSTEM),
                 HumanMessage(prompts.VALIDATE_USER.format(question=result["task"], evidence=evidence,
@@ -83,12 +76,12 @@ class Validator:
         log.info("validation of %s answer: %s (%s)", result["agent"], verdict, reason)
         return {"verdict": verdict, "reason": reason, "validator": handle.spec.name, "against": what}, entry
 
-    async def check(self, node: Node, handoff: Handoff, update: dict[str, Any]) -> dict[str, Any]:
+    async def check(self, node: Node, checkable: Checkable, handoff: Handoff, update: dict[str, Any]) -> dict[str, Any]:
         [result] = update["results"]
         if not result["ok"] or handoff["subtask"].get("extract_only"):
             return update
         ledger = [*update["ledger"]]
-        checked = await self.verdict(result, handoff["policy"])
+        checked = await self.verdict(result, handoff["policy"], checkable)
         if checked is None:
             return update
         validation, entry = checked
@@ -102,7 +95,7 @@ class Validator:
             retry = await node({**handoff, "policy": ESCALATE_POLICY})
             ledger += [{**e, "escalated": True} for e in retry["ledger"]]  # the heavy retry's calls
             [again] = retry["results"]
-            if again["ok"] and (rechecked := await self.verdict(again, handoff["policy"])) is not None:
+            if again["ok"] and (rechecked := await self.verdict(again, handoff["policy"], checkable)) is not None:
                 validation, entry = rechecked
                 ledger.append(entry.as_dict())
                 validation["first"] = first

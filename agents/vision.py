@@ -10,33 +10,54 @@ text, saying plainly what could not be read.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from agents import prompts
 from agents.base import Outcome, context_block, specialist
-from graphs.state import Handoff
-from switchboard.services import Services
-from tools.images import ImageRejected, ValidatedImage, uploads_dir, validate_upload
-from tools.models import ModelSpec, RegistryError, call_model
+from agents.contract import Evidence, Handoff
+from agents.deps import AgentServices
+from tools.models.gateway import call_model
+from tools.models.values import ModelSpec, RegistryError
+from tools.vision.images import ImageRejected, ValidatedImage, validate_upload
 
 OCR_CHARS = 1200
 
 
+class VisionEvidence(Evidence, total=False):
+    """What the vision specialist read from the uploaded image."""
+
+    image: dict[str, Any]  # name, width, height, format, downscaled
+    ocr_text: str
+    fields: dict[str, Any]  # receipt fields read by OCR (total, date, merchant, unreadable)
+
+
 class VisionAgent:
-    def __init__(self, services: Services) -> None:
+    name: ClassVar[str] = "vision"
+    title: ClassVar[str] = "Vision"  # the chat UI's step
+    label: ClassVar[str] = "Read from the image"  # introduces its part of a combined answer
+
+    def __init__(self, services: AgentServices) -> None:
         self.services = services
 
+    @staticmethod
+    def checkable(evidence: VisionEvidence) -> tuple[str, str] | None:
+        """What a validator checks this answer against: what OCR read from the image."""
+        if not (evidence.get("fields") or evidence.get("ocr_text")):
+            return None
+        fields = ", ".join(f"{k}: {v}" for k, v in (evidence.get("fields") or {}).items() if v)
+        return "what was read from the image", f"{fields}\nText: {evidence.get('ocr_text', '')}"
+
     async def __call__(self, handoff: Handoff) -> dict[str, Any]:
-        async with specialist("vision", handoff) as out:
+        async with specialist(self.name, handoff, VisionEvidence()) as out:
             path = handoff.get("image_path")
             if not path:
                 out.fail("No image is attached. Please attach the receipt, screenshot or photo you mean.")
                 return out.update()
             try:
-                # only inside the uploads folder, whichever door set image_path (tools/images.py)
-                image = validate_upload(path, uploads_dir(self.services.settings.data_dir))
+                # only inside the uploads folder, whichever door set image_path (tools/vision/images.py)
+                image = validate_upload(path, self.services.agent_config.uploads_dir)
             except ImageRejected as exc:
                 out.fail(exc.message, error=f"image rejected: {exc.message}")
                 return out.update()
@@ -51,7 +72,7 @@ class VisionAgent:
                 await self._ocr_then_answer(image, handoff, out)
         return out.update()
 
-    def _vision_model(self, policy: str, out: Outcome) -> ModelSpec | None:
+    def _vision_model(self, policy: str, out: Outcome[VisionEvidence]) -> ModelSpec | None:
         reg = self.services.registry
         try:
             tier = reg.decide_tier("vision", policy, out.subtask["task"], capability="vision")
@@ -61,7 +82,7 @@ class VisionAgent:
         out.evidence["tier"] = tier.as_dict()
         return spec
 
-    async def _ask_vision_model(self, spec: ModelSpec, image: ValidatedImage, handoff: Handoff, out: Outcome) -> None:
+    async def _ask_vision_model(self, spec: ModelSpec, image: ValidatedImage, handoff: Handoff, out: Outcome[VisionEvidence]) -> None:
         handle = self.services.registry.handle(spec.name, role="vision")
         msgs = [
             SystemMessage(prompts.VISION_MODEL_SYSTEM),
@@ -77,8 +98,9 @@ class VisionAgent:
         out.answer = str(reply.content).strip()
         out.evidence["model"] = spec.name
 
-    async def _ocr_then_answer(self, image: ValidatedImage, handoff: Handoff, out: Outcome) -> None:
-        from tools.ocr import extract_receipt_fields, read_image
+    async def _ocr_then_answer(self, image: ValidatedImage, handoff: Handoff, out: Outcome[VisionEvidence]) -> None:
+        from tools.vision.ocr import read_image
+        from tools.vision.receipts import extract_receipt_fields
 
         ocr = await asyncio.to_thread(read_image, image)  # seconds of CPU: off the event loop
         text = ocr.text()

@@ -10,7 +10,7 @@ on the next run if its version and defines match; the compile time is printed. O
 avx512f the comparison is skipped: that binary would die with SIGILL.
 
 Each build runs in its own child process (PYTHONPATH = the variant's install dir) on the project's
-GGUF (tools.local_llm.assemble_packaged_gguf) with n_threads = n_threads_batch = 2, n_ctx 2048,
+GGUF (tools.models.local_llm.assemble_packaged_gguf) with n_threads = n_threads_batch = 2, n_ctx 2048,
 n_batch 256:
   * prompt tok/s: a fixed 512-token prompt is evaluated once untimed (warm-up), then
     ``llm.reset()`` + ``llm.eval(tokens)`` is timed (empty KV cache, 2 batches of 256);
@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench.common import format_table, machine_load  # noqa: E402
-from tools.local_llm import assemble_packaged_gguf  # noqa: E402
+from tools.models.local_llm import assemble_packaged_gguf  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "builds"
 MAX_OTHERS = 0.2  # CPUs other processes may use during a child's run before it is discarded and retried

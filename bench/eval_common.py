@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench.common import format_table, machine_load  # noqa: E402
-from tools.stats import percentile  # noqa: E402 - one definition, re-exported for the benches
+from tools.observability.stats import percentile  # noqa: E402 - one definition, re-exported for the benches
 
 __all__ = [
     "EmbeddingCache",
@@ -59,7 +59,7 @@ __all__ = [
 DEFAULT_CACHE_DIR = Path(os.environ.get("SWITCHBOARD_BENCH_CACHE", Path.home() / ".cache" / "switchboard" / "bench"))
 
 
-# --- latency (percentiles: tools.stats, nearest rank, the same as the audit summary) ------------
+# --- latency (percentiles: tools.observability.stats, nearest rank, the same as the audit summary) ------------
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """p50, p99, mean and max in milliseconds of per-call timings given in seconds."""
     ms = np.asarray(seconds, dtype=float) * 1000.0
@@ -226,7 +226,7 @@ class EmbeddingCache:
     The key covers the embedder's name, its pinned weights hash and truncation length and every
     text in order, so any change re-embeds instead of silently reusing stale vectors. Texts are
     embedded sorted by length (less padding per batch, noticeably faster on long prompts) and
-    returned in the caller's order (``tools.tier_router.embed_by_length``).
+    returned in the caller's order (``tools.routing.tier_router.embed_by_length``).
     """
 
     def __init__(self, cache_dir: Path | None = None, embedder: object | None = None) -> None:
@@ -236,7 +236,7 @@ class EmbeddingCache:
     @property
     def embedder(self):  # noqa: ANN201 - MiniLMEmbedder, imported lazily (loading it is slow)
         if self._embedder is None:
-            from tools.embeddings import get_embedder
+            from tools.models.embeddings import get_embedder
 
             self._embedder = get_embedder()
         return self._embedder
@@ -251,7 +251,7 @@ class EmbeddingCache:
         return h.hexdigest()
 
     def model_id(self) -> str:
-        from tools.embeddings import MAX_TOKENS, MODEL_SHA256
+        from tools.models.embeddings import MAX_TOKENS, MODEL_SHA256
 
         name = getattr(self._embedder, "name", None) or "all-MiniLM-L6-v2-int8"
         return f"{name}|{MODEL_SHA256}|{MAX_TOKENS}"
@@ -266,7 +266,7 @@ class EmbeddingCache:
             vecs = np.load(path)
             if vecs.shape[0] == len(texts):
                 return vecs
-        from tools.tier_router import embed_by_length
+        from tools.routing.tier_router import embed_by_length
 
         vecs = embed_by_length(self.embedder, list(texts))
         self.cache_dir.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):  # run as a script; ahead of site-packages, which has a stray `tests` (literalai)
     sys.path.insert(0, str(ROOT))
 
-from tools.scripted import ScriptedChatModel, by_system_prompt  # noqa: E402
+from tools.models.scripted import ScriptedChatModel, by_system_prompt  # noqa: E402
 
 __all__ = ["BenchChatModel", "by_system_prompt"]
 

@@ -28,11 +28,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
-from tools.audit import AuditTrail
 
 WORKER = Path(__file__).resolve().parents[1] / "tests" / "integration" / "kill_worker.py"
 SPECIALISTS = {"sql", "rag", "vision", "general"}
@@ -76,7 +75,7 @@ async def cycle(data: Path, work: Path, thread: str, env: dict[str, str]) -> dic
     events = [json.loads(x) for x in (work / "events.jsonl").read_text().splitlines() if x.strip()]
     ended_first = {e["node"] for e in events if e["pid"] == proc.pid and e["event"] == "node-end"}
     started_again = [e["node"] for e in events if e["pid"] != proc.pid and e["event"] == "node-start"]
-    records = AuditTrail.from_settings(settings).turns(thread=thread)
+    records = Services(settings).audit.turns(thread=thread)
     call_ids = Counter(c["call_id"] for r in records for c in r["calls"])
     with sqlite3.connect(settings.ledger_path) as db:
         rows = Counter(db.execute("SELECT subtask_id, agent FROM calls WHERE thread_id = ?", (thread,)).fetchall())

@@ -70,8 +70,9 @@ from knowledge.ingest import IngestReport, ingest  # noqa: E402
 from knowledge.store import PER_SOURCE_DEPTH, Chunk, Hit, KnowledgeStore, best_per_source, embedding_text  # noqa: E402
 from switchboard.services import Services  # noqa: E402
 from switchboard.settings import Settings  # noqa: E402
-from tools.models import ModelHandle, ModelRegistry, TierDecision  # noqa: E402
-from tools.stats import percentile  # noqa: E402
+from tools.models.registry import ModelHandle  # noqa: E402
+from tools.models.values import TierDecision  # noqa: E402
+from tools.observability.stats import percentile  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/rag/wixqa_sample"
 HELPCENTER = ROOT / "knowledge" / "helpcenter"
@@ -514,7 +515,7 @@ def make_services(store: KnowledgeStore, workdir: Path, model: str) -> Services:
 
 def default_model() -> str:
     """The registry's local (llama.cpp) model: what Switchboard uses offline."""
-    registry = ModelRegistry.from_settings(Settings())
+    registry = Services(Settings()).registry
     local = [s.name for s in registry.specs.values() if s.provider == "llamacpp"]
     if not local:
         raise SystemExit("no llama.cpp model in the registry; pass --model NAME")

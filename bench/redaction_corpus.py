@@ -1,4 +1,4 @@
-"""How well ``tools.redaction`` finds personal data: per-kind true/false positives and false negatives
+"""How well ``tools.observability.redaction`` finds personal data: per-kind true/false positives and false negatives
 on the hand-written corpus ``tests/fixtures/redaction_corpus.yaml``.
 
     uv run python bench/redaction_corpus.py [--show-errors]
@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench.common import format_table  # noqa: E402
-from tools.redaction import PERSONAL_KINDS, find_personal_data  # noqa: E402
+from tools.observability.redaction import PERSONAL_KINDS, find_personal_data  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fixtures" / "redaction_corpus.yaml"
 

@@ -45,7 +45,8 @@ from agents.sql import SQLAgent
 from bench.common import format_table, machine_load, stratified_sample
 from switchboard.services import Services
 from switchboard.settings import REPO_ROOT, Settings
-from tools.models import ModelHandle, ModelRegistry, call_model
+from tools.models.gateway import call_model
+from tools.models.registry import ModelHandle
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "sql" / "spider_dev_subset"
 DEFAULT_MODEL = "local-qwen2.5-coder-1.5b"
@@ -213,7 +214,7 @@ class Runner:
         self.data_dir = data_dir
         self.model = model
         self.work_dir = work_dir
-        self.registry = ModelRegistry.from_settings(Settings(data_dir=work_dir))
+        self.registry = Services(Settings(data_dir=work_dir)).registry
         if model not in self.registry.specs:
             raise SystemExit(f"unknown model {model!r}; registry models: {', '.join(self.registry.specs)}")
         if not self.registry.specs[model].available():

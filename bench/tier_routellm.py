@@ -58,7 +58,8 @@ from bench.eval_common import (  # noqa: E402
     routing_curve,
     strong_share_at,
 )
-from tools.tier_router import POLICY_TARGETS, Outcome, expand_paths, fit_select_C, load_outcomes, pooled_scores  # noqa: E402
+from tools.routing.tier_router import POLICY_TARGETS  # noqa: E402
+from tools.routing.training import Outcome, expand_paths, fit_select_C, load_outcomes, pooled_scores  # noqa: E402
 
 EVALS = ROOT.parent / "shared" / "data" / "routing" / "routellm" / "evals"
 DATASETS: dict[str, list[Path]] = {

@@ -1,6 +1,6 @@
 """Triage's intent classifier on public intent benchmarks: CLINC150 (with out-of-scope) and Banking77.
 
-The classifier is ``tools.intent.IntentClassifier`` -- the class triage runs: MiniLM int8 ONNX
+The classifier is ``tools.routing.intent.IntentClassifier`` -- the class triage runs: MiniLM int8 ONNX
 embeddings and a multinomial logistic regression; ``confidence`` is the top class probability.
 
 CLINC150 (full split): trained on ``train`` (150 intents x 100). Two ways to handle
@@ -51,7 +51,7 @@ from bench.eval_common import (  # noqa: E402
     machine_load,
     oos_rates,
 )
-from tools.intent import IntentClassifier  # noqa: E402
+from tools.routing.intent import IntentClassifier  # noqa: E402
 
 INTENTS = ROOT.parent / "shared" / "data" / "intents"
 CS = (1.0, 10.0, 100.0)

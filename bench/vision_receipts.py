@@ -59,20 +59,11 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: make `too
 
 from PIL import Image  # noqa: E402
 
-from tools.images import MAX_SIDE, ImageRejected, ValidatedImage, validate_image_file  # noqa: E402
-from tools.ocr import (  # noqa: E402
-    OcrLine,
-    OcrResult,
-    OcrUnavailable,
-    ReceiptFields,
-    extract_receipt_fields,
-    fold,
-    get_engine,
-    normalise_date,
-    parse_amount,
-    read_image,
-)
-from tools.stats import percentile  # noqa: E402
+from tools.observability.stats import percentile  # noqa: E402
+from tools.vision.images import MAX_SIDE, ImageRejected, ValidatedImage, validate_image_file  # noqa: E402
+from tools.vision.ocr import OcrLine, OcrResult, OcrUnavailable, get_engine, read_image  # noqa: E402
+from tools.vision.parsing import fold, normalise_date, parse_amount  # noqa: E402
+from tools.vision.receipts import ReceiptFields, extract_receipt_fields  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "vision" / "softmatic_receipts_de"
 FIELDS = ("total", "date", "merchant")
@@ -290,10 +281,10 @@ def ask_model(handle: Any, image_url: str) -> ReceiptFields:
 
 
 def run_model(name: str, labels: list[Label], args: argparse.Namespace) -> int:
+    from switchboard.services import Services
     from switchboard.settings import Settings
-    from tools.models import ModelRegistry
 
-    registry = ModelRegistry.from_settings(Settings())
+    registry = Services(Settings()).registry
     spec = registry.specs.get(name)
     if spec is None or "vision" not in spec.capabilities:
         print(f"error: {name!r} is not a vision-capable model in {registry.settings.models_file}", file=sys.stderr)

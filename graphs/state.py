@@ -10,53 +10,12 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, TypedDict
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
-from pydantic import BaseModel, Field
 
-AgentName = Literal["sql", "rag", "vision", "general"]
-AGENTS: tuple[AgentName, ...] = ("sql", "rag", "vision", "general")
-
-
-class Subtask(BaseModel):
-    """One piece of a user turn, routed to one specialist (the triage decision)."""
-
-    id: str
-    agent: AgentName
-    task: str
-    route: str
-    confidence: float = Field(ge=0.0, le=1.0)
-    scores: dict[str, float] = Field(default_factory=dict)
-    reason: str
-    llm_asked: bool = False
-    votes: dict[str, str] = Field(default_factory=dict)  # triage ensemble: voter -> route, when one ran
-    depends_on: list[str] = Field(default_factory=list)
-    # set when another subtask depends on this one: just gather evidence, the dependent answers
-    extract_only: bool = False
-
-
-class AgentResult(TypedDict):
-    subtask_id: str
-    agent: str
-    task: str
-    ok: bool
-    answer: str
-    error: str | None
-    evidence: dict[str, Any]
-    entities: dict[str, str]
-
-
-class Handoff(TypedDict):
-    """What a specialist receives: its subtask and the shared context, not the raw history."""
-
-    subtask: dict[str, Any]
-    summary: str
-    entities: dict[str, str]
-    evidence: list[AgentResult]  # results of the subtasks this one depends on
-    image_path: str | None
-    policy: str
+from agents.contract import AgentResult
 
 
 class TurnRecord(TypedDict):
@@ -93,4 +52,4 @@ def turn_policy(values: dict[str, Any], default: str) -> str:
 class Context:
     """Per-run settings passed with ``context=`` (not checkpointed)."""
 
-    policy: str = "balanced"
+    policy: str | None = None  # None: the configured default (``Settings.routing_policy``)

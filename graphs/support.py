@@ -7,7 +7,7 @@ Triage splits the turn and routes each part (classifier first, an LLM only when 
 Specialists run in parallel and append to ``results``; a subtask that depends on another (SQL
 checking what vision read) is sent once its dependency is done. Synthesis joins the answers and
 ``remember`` updates the bounded conversation summary that the next turn's handoffs carry.
-Nodes live in ``agents/``; this file is wiring only.
+Specialists live in ``agents/``, synthesis in ``graphs/synthesis.py``; this file is wiring only.
 """
 
 from __future__ import annotations
@@ -15,42 +15,89 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, Send
 
+from agents.contract import Handoff, Specialist
+from agents.deps import AgentServices
 from agents.general import GeneralAgent
 from agents.rag import RAGAgent
 from agents.sql import SQLAgent
-from agents.synthesis import remember, synthesize
 from agents.validation import Validator
 from agents.vision import VisionAgent
-from graphs.state import Context, Handoff, SupportState
-from switchboard.services import Services
-from switchboard.settings import Settings
-from tools import telemetry
-from tools.audit import answer_id_for, build_turn_record
+from graphs.state import Context, SupportState
+from graphs.synthesis import remember, synthesize
+from tools.observability import metrics, telemetry
+from tools.observability.audit import AuditTrail, answer_id_for, build_turn_record
+
+if TYPE_CHECKING:
+    from agents.triage import Triage
+    from tools.routing.intent import RouteConfig
 
 log = logging.getLogger("switchboard.graph")
 
+# The specialists, one line each: adding one is its route (switchboard/config/routes.yaml), its
+# module in agents/ and its class here (docs/architecture.md).
+SPECIALISTS: tuple[type[Specialist], ...] = (SQLAgent, RAGAgent, VisionAgent, GeneralAgent)
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    default_policy: str  # the routing policy when a run's context names none
+    summary_max_chars: int  # the bound on the conversation summary the next turn's handoffs carry
+
+
+class GraphServices(AgentServices, Protocol):
+    """What the graph uses besides what its specialists use (``agents/deps.py``)."""
+
+    @property
+    def triage(self) -> Triage: ...
+
+    @property
+    def routes(self) -> RouteConfig: ...
+
+    @property
+    def audit(self) -> AuditTrail: ...
+
+    @property
+    def graph_config(self) -> GraphConfig: ...
+
+
+class UnknownSpecialist(ValueError):
+    """The routes file sends work to an agent the graph does not have."""
+
 
 def build_support_graph(
-    settings: Settings | None = None,
+    services: GraphServices,
     *,
     checkpointer: Any = None,
-    services: Services | None = None,
-):
-    """Compile the support graph. Pass a checkpointer to persist conversations."""
-    services = services or Services(settings or Settings())
-    telemetry.configure(services.settings)  # once per process; tracing is off unless configured
+    specialists: Sequence[type[Specialist]] = SPECIALISTS,
+) -> CompiledStateGraph[SupportState, Context, SupportState, SupportState]:
+    """Compile the support graph. Pass a checkpointer to persist conversations.
+
+    ``services`` is usually ``switchboard.services.Services(settings)`` (the composition root);
+    ``specialists`` are the agent classes, one node each."""
+    names = [s.name for s in specialists]
+    missing = sorted({a for route in services.routes.routes.values() for a in route.agents} - set(names))
+    if missing:
+        raise UnknownSpecialist(f"the routes file sends work to {missing}, which are not specialists of this graph "
+                                f"({', '.join(names)}): add the agent's class to SPECIALISTS in graphs/support.py")
+    metrics.declare_agents(names)
+    settings = services.graph_config
+    labels = {s.name: s.label for s in specialists}
 
     async def triage(state: SupportState, runtime: Runtime[Context], config: RunnableConfig) -> dict[str, Any]:
-        previous = (state.get("turns") or [{}])[-1].get("agents") if state.get("turns") else None
-        policy = runtime.context.policy if runtime.context else services.settings.routing_policy
+        turns = state.get("turns")
+        previous = turns[-1].get("agents") if turns else None
+        policy = (runtime.context.policy if runtime.context else None) or settings.default_policy
         started = time.time()
         decision = await services.triage.decide(
             state.get("question", ""),
@@ -70,9 +117,12 @@ def build_support_graph(
             "ledger": Overwrite([e.as_dict() for e in decision.ledger]),
         }
 
+    async def compose_answer(state: SupportState) -> dict[str, Any]:
+        return await synthesize(state, labels)
+
     async def remember_turn(state: SupportState, config: RunnableConfig) -> dict[str, Any]:
         """Update the conversation summary, then write the turn's audit record (idempotent)."""
-        update = remember(state, max_chars=services.settings.summary_max_chars)
+        update = remember(state, max_chars=settings.summary_max_chars)
         meta = state.get("turn_meta") or {}
         record = build_turn_record(dict(state), _thread_id(config), meta.get("turn_index", 0))
         try:
@@ -89,27 +139,24 @@ def build_support_graph(
         ]
         if not ready:
             return "synthesize"
-        policy = runtime.context.policy if runtime.context else services.settings.routing_policy
+        policy = (runtime.context.policy if runtime.context else None) or settings.default_policy
         return [Send(s["agent"], _handoff(state, s, policy)) for s in ready]
 
     builder = StateGraph(SupportState, context_schema=Context)
-    traced = telemetry.traced  # each node's runs are spans under the turn's span (tools/telemetry.py)
+    traced = telemetry.traced  # each node's runs are spans under the turn's span (tools/observability/telemetry.py)
     builder.add_node("triage", traced("triage", triage))
     checked = Validator(services).wrap  # answers of configured agents are validated against evidence
-    builder.add_node("sql", traced("sql", checked("sql", SQLAgent(services))))
-    builder.add_node("rag", traced("rag", checked("rag", RAGAgent(services))))
-    builder.add_node("vision", traced("vision", checked("vision", VisionAgent(services))))
-    builder.add_node("general", traced("general", checked("general", GeneralAgent(services))))
+    for cls in specialists:
+        builder.add_node(cls.name, traced(cls.name, checked(cls.name, cls(services))))
     builder.add_node("join", traced("join", _join))
-    builder.add_node("synthesize", traced("synthesize", synthesize))
+    builder.add_node("synthesize", traced("synthesize", compose_answer))
     builder.add_node("remember", traced("remember", remember_turn, ends_turn=True))
 
-    specialists = ["sql", "rag", "vision", "general"]
     builder.add_edge(START, "triage")
-    builder.add_conditional_edges("triage", dispatch, [*specialists, "synthesize"])
-    for name in specialists:
+    builder.add_conditional_edges("triage", dispatch, [*names, "synthesize"])
+    for name in names:
         builder.add_edge(name, "join")
-    builder.add_conditional_edges("join", dispatch, [*specialists, "synthesize"])
+    builder.add_conditional_edges("join", dispatch, [*names, "synthesize"])
     builder.add_edge("synthesize", "remember")
     builder.add_edge("remember", END)
     return builder.compile(checkpointer=checkpointer)

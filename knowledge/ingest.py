@@ -11,11 +11,9 @@ Run ``python -m knowledge.ingest PATH...`` to ingest from the command line.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -348,28 +346,3 @@ class _Progress:
 
 def _short(name: str, width: int = 32) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m knowledge.ingest [--prune] [--remove] PATH...`` using Switchboard settings."""
-    parser = argparse.ArgumentParser(prog="python -m knowledge.ingest", description=__doc__.split("\n")[0])
-    parser.add_argument("paths", nargs="+", type=Path)
-    parser.add_argument("--prune", action="store_true", help="remove documents whose files are gone")
-    parser.add_argument("--remove", action="store_true", help="remove these paths instead of ingesting")
-    parser.add_argument("--chunk-size", type=int, default=800)
-    parser.add_argument("--chunk-overlap", type=int, default=120)
-    args = parser.parse_args(argv)
-
-    from switchboard.settings import Settings
-
-    store = KnowledgeStore.from_settings(Settings())
-    if args.remove:
-        print(f"removed {remove(args.paths, store)} document(s)")
-        return 0
-    report = ingest(args.paths, store, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap, prune=args.prune)
-    print(report.summary())
-    return 1 if report.skipped else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Chroma runs embedded (``PersistentClient`` on a folder) by default, or as a server
 (``HttpClient``) when a URL is configured. Either way the vectors come from our offline
-MiniLM model (``tools.embeddings``): Chroma's default embedding function would try to
+MiniLM model (``tools.models.embeddings``): Chroma's default embedding function would try to
 download a model, which fails offline, so it is never allowed to run.
 
 Every chunk carries ``source`` (document identity), ``file``, ``title``, ``url``, ``chunk``
@@ -19,15 +19,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
-    from tools.embeddings import MiniLMEmbedder
+    from tools.models.embeddings import MiniLMEmbedder
 
-SPACE = "cosine"
+SPACE: Final = "cosine"
 RELEVANCE_THRESHOLD = 0.30
 """Below this top score, treat a search as "nothing relevant found".
 
@@ -81,14 +81,6 @@ class SourceInfo:
     chunks: int
 
 
-class ChromaSettings(Protocol):
-    """The part of ``switchboard.settings.Settings`` the store needs."""
-
-    chroma_dir: Path
-    chroma_url: str
-    collection: str
-
-
 def source_hash(source: str) -> str:
     """Short stable hash of a source, the prefix of its chunk ids."""
     return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
@@ -109,7 +101,7 @@ def open_collection(
     import chromadb
     from chromadb.config import Settings as ChromaClientSettings
 
-    from tools.embeddings import ChromaEmbeddingFunction
+    from tools.models.embeddings import ChromaEmbeddingFunction
 
     client_settings = ChromaClientSettings(anonymized_telemetry=False)
     if chroma_url:
@@ -176,17 +168,10 @@ class KnowledgeStore:
     ) -> KnowledgeStore:
         return cls(open_collection(chroma_dir=chroma_dir, chroma_url=chroma_url, name=name))
 
-    @classmethod
-    def from_settings(cls, settings: ChromaSettings) -> KnowledgeStore:
-        """Open the store described by a ``Settings`` (server if ``chroma_url`` is set)."""
-        return cls.open(
-            chroma_dir=settings.chroma_dir, chroma_url=settings.chroma_url or None, name=settings.collection
-        )
-
     @property
     def embedder(self) -> MiniLMEmbedder:
         if self._embedder is None:
-            from tools.embeddings import get_embedder
+            from tools.models.embeddings import get_embedder
 
             self._embedder = get_embedder()
         return self._embedder
@@ -308,7 +293,7 @@ class KnowledgeStore:
                 title=str(meta.get("title", "")),
                 source=str(meta.get("source", "")),
                 url=str(meta.get("url", "")),
-                chunk=int(meta.get("chunk", 0)),
+                chunk=int(cast(int, meta.get("chunk", 0))),  # written as an int by upsert_document
                 score=round(1.0 - float(dist), 4),
                 section=str(meta.get("section", "")),
                 flagged=str(meta.get("flagged", "")),

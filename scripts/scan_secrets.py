@@ -9,7 +9,7 @@ committed files, so they are scanned like the rest.
 
 Each hit is printed as ``path:line: kind (masked prefix)`` -- never the secret itself, since CI
 logs are public -- and the exit status is 1 when there is any. The patterns are the ones
-``tools.redaction`` masks in logs and cassettes. A line that must hold a fake key (a scanner
+``tools.observability.redaction`` masks in logs and cassettes. A line that must hold a fake key (a scanner
 test fixture) can carry the marker ``secret-scan: allow`` in a comment; tests should rather
 build such strings at run time (``"sk-" + "x" * 40``) so the repository stays clean.
 """
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from tools.redaction import find_secrets  # noqa: E402
+from tools.observability.redaction import find_secrets  # noqa: E402
 
 ALLOW_MARKER = "secret-scan: allow"
 MAX_BYTES = 2 * 1024 * 1024

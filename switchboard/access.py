@@ -3,7 +3,7 @@
 * **Ownership.** A conversation (a LangGraph thread id, shared by every door) belongs to the
   principal who first used it: an HTTP API key's name, a chat-UI user, or the process's local
   principal (CLI, Python API; ``Settings.principal``). Owners are kept in the audit database
-  (``tools/audit.py``, table ``thread_owners``); claiming is one INSERT, so two doors racing for a
+  (``tools/observability/audit.py``, table ``thread_owners``); claiming is one INSERT, so two doors racing for a
   new id cannot both win. A thread owned by someone else is refused exactly like one that does
   not exist (:class:`ThreadNotFound`), so ids cannot be probed. A thread with checkpoints but no
   owner (made before owners were recorded) can only be claimed by the local principal.

@@ -17,23 +17,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from langchain_core.messages import AIMessage
 from langgraph.types import Command
 
-from agents.synthesis import compose, remember
-from graphs.state import Context, turn_policy
+from graphs.state import Context, SupportState, turn_policy
 from graphs.support import build_support_graph, turn_input
+from graphs.synthesis import compose, remember
 from switchboard.access import Access, Principal, ReviewForbidden, ThreadNotFound
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
 from tools import review
-from tools.audit import build_turn_record
-from tools.images import stash_local_image, uploads_dir
-from tools.local_llm import LocalRuntimeUnavailable
+from tools.models.local_llm import LocalRuntimeUnavailable
+from tools.observability.audit import build_turn_record
 from tools.review import ReviewError  # noqa: F401 - re-exported: what resume() raises for a bad decision
+from tools.vision.images import stash_local_image, uploads_dir
 
 # re-exported: what the ownership and review checks raise (switchboard/access.py)
 __all__ = ["NoPendingReview", "ReviewError", "ReviewForbidden", "ReviewPending", "Switchboard", "ThreadNotFound",
@@ -171,7 +171,7 @@ class Switchboard:
         settings = settings or Settings()
         services = Services(settings)
         async with open_checkpointer(settings) as saver:
-            yield cls(build_support_graph(services=services, checkpointer=saver), services)
+            yield cls(build_support_graph(services, checkpointer=saver), services)
 
     async def ask(
         self,
@@ -197,7 +197,7 @@ class Switchboard:
             if _cut_off(snapshot):
                 log.warning("thread %s has an unfinished turn (crash?): finishing it before the new one", thread_id)
                 await self.finish_cut_off(snapshot, thread_id)
-        if image:  # the graph opens only uploads: a local caller's file is copied in (tools/images.py)
+        if image:  # the graph opens only uploads: a local caller's file is copied in (tools/vision/images.py)
             image = await asyncio.to_thread(stash_local_image, image, uploads_dir(self.services.settings.data_dir))
         started = time.monotonic()
         state = await self.graph.ainvoke(
@@ -361,7 +361,8 @@ class RecoveryGuard:
         state = {**values, "results": results, "answer": text}
         update: dict[str, Any] = {"answer": text, "results": pending,
                                   "messages": [AIMessage(content=text, id=meta.get("answer_id"))],
-                                  **remember(state, max_chars=self.services.settings.summary_max_chars)}
+                                  **remember(cast(SupportState, state),  # the checkpointed values
+                                             max_chars=self.services.settings.summary_max_chars)}
         await self.graph.aupdate_state(_config(thread_id), update, as_node="remember")
         if meta:
             record = build_turn_record(state, thread_id, meta.get("turn_index", 0))

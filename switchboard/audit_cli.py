@@ -13,8 +13,9 @@ import json
 import sys
 from typing import Any
 
+from switchboard.services import Services
 from switchboard.settings import Settings
-from tools.audit import AuditTrail, parse_since
+from tools.observability.audit import parse_since
 
 TURN_COLUMNS = ["time", "thread_id", "turn_index", "policy", "agents", "models", "llm_calls", "cache_hits",
                 "tokens_in", "tokens_out", "cost_usd", "latency_ms", "escalations", "fallbacks", "errors",
@@ -46,9 +47,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    trail = AuditTrail.from_settings(settings)
+    trail = Services(settings).audit
     if args.command == "compare":
-        from tools.compare import compare
+        from tools.observability.compare import compare
 
         report = compare(trail, args.champion, args.challenger, since=since)
         if args.json:

@@ -12,7 +12,8 @@ from typing import Any
 
 from switchboard import audit_cli
 from switchboard.settings import Settings
-from tools.redaction import install_log_redaction
+from tools.models.values import POLICIES
+from tools.observability.redaction import install_log_redaction
 
 DEMO_QUESTIONS = [
     "How many customers are from Brazil?",
@@ -208,8 +209,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train_router(args: argparse.Namespace) -> int:
-    """Train the light/heavy tier router from outcome files and save it (see tools/tier_router.py)."""
-    from tools.tier_router import TierRouterError, train_from_files
+    """Train the light/heavy tier router from outcome files and save it (see tools/routing/tier_router.py)."""
+    from tools.routing.tier_router import TierRouterError
+    from tools.routing.training import train_from_files
 
     try:
         router, counts = train_from_files(
@@ -245,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--image", help="path of an attached image")
     ask.add_argument("--thread", help="conversation id; reuse it to continue a conversation")
-    ask.add_argument("--policy", choices=["cost-saver", "balanced", "best-quality"])
+    ask.add_argument("--policy", choices=POLICIES)
     ask.add_argument("--json", action="store_true", help="print one JSON object")
 
     route = sub.add_parser("route", help="print the triage decision without running specialists")

@@ -24,7 +24,7 @@ Any OpenAI client can talk to it (``base_url=http://host:8000/v1``, ``api_key=ke
   ``{"action": "approve"|"reject"|"edit", "sql": ..., "interrupt_id": ...}`` continues the turn
   and answers like a chat completion. A new message on a paused conversation is a 409.
 * ``GET /v1/models`` — the accepted ``model`` names. ``GET /healthz`` — liveness, no key needed.
-* ``GET /metrics`` — Prometheus metrics (``tools/metrics.py``), no key needed like ``/healthz``:
+* ``GET /metrics`` — Prometheus metrics (``tools/observability/metrics.py``), no key needed like ``/healthz``:
   counts, latencies, tokens and costs, never conversation content.
 
 Every ``/v1`` call needs ``Authorization: Bearer <key>`` with a key from ``SWITCHBOARD_API_KEYS``
@@ -81,17 +81,17 @@ from switchboard.api import (
     report_subtasks,
 )
 from switchboard.settings import Settings
-from tools import metrics
 from tools import review as review_tools
-from tools.images import MAX_BYTES as MAX_IMAGE_BYTES
-from tools.images import ImageRejected, sniff_upload
+from tools.models.values import POLICIES
+from tools.observability import metrics
+from tools.vision.images import MAX_BYTES as MAX_IMAGE_BYTES
+from tools.vision.images import ImageRejected, sniff_upload
 
 log = logging.getLogger("switchboard.server")
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 CONVERSATION_HEADER = "X-Conversation-Id"
 DEFAULT_MODEL = "switchboard"
-POLICIES = ("cost-saver", "balanced", "best-quality")
 # Asked when a user sends only an image: the vision specialist then says what it reads.
 IMAGE_ONLY_QUESTION = "What does this image show?"
 KEEPALIVE_SECONDS = 10.0

@@ -1,44 +1,118 @@
-"""The long-lived objects the graph's nodes use, built once per process from ``Settings``.
+"""The composition root: the one place that reads ``Settings`` and builds the long-lived objects
+the graph's nodes use, once per process.
 
-Expensive pieces (database connection, Chroma, the local model) are created on first use, so
-``switchboard route`` never opens the knowledge base and replayed tests never load the GGUF.
+Everything below (``tools/``, ``knowledge/``, ``agents/``, ``graphs/``) takes plain values or the
+small protocols in ``agents/deps.py`` and ``graphs/support.py``; this module is where they meet
+the configuration. Expensive pieces (the database connection, Chroma, the local model) are
+created on first use, so ``switchboard route`` never opens the knowledge base and replayed tests
+never load the GGUF.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from agents.deps import AgentConfig
 from switchboard.settings import Settings
-from tools.intent import IntentClassifier, RouteConfig
-from tools.models import ModelRegistry
+from tools.models.gateway import GatewayConfig, ModelGateway
+from tools.models.ledger import Ledger
+from tools.models.providers import LocalRuntimeConfig, ProviderConfig, build_chat
+from tools.models.recording import Cassette
+from tools.models.registry import ModelRegistry, read_registry_file
+from tools.models.values import ModelSpec, RegistryError
+from tools.observability import telemetry
+from tools.observability.audit import AuditTrail, audit_url
+from tools.routing.intent import IntentClassifier, RouteConfig
+from tools.vision.images import uploads_dir
 
 if TYPE_CHECKING:
     from agents.triage import Triage
+    from graphs.support import GraphConfig
     from knowledge.store import KnowledgeStore
-    from tools.audit import AuditTrail
-    from tools.database import ReadOnlyDatabase
-    from tools.embeddings import MiniLMEmbedder
+    from tools.models.embeddings import MiniLMEmbedder
+    from tools.routing.tier_router import TierRouter
+    from tools.sql.database import ReadOnlyDatabase
 
 log = logging.getLogger("switchboard")
+
+
+def provider_secrets(settings: Settings, specs: Mapping[str, ModelSpec]) -> dict[str, str]:
+    """Provider credentials by variable name: the settings' own (environment or ``.env``), then
+    any other variable a registry entry names in ``requires_env`` (a vLLM server's key, say)."""
+    found = {"OPENAI_API_KEY": settings.openai_api_key, "ANTHROPIC_API_KEY": settings.anthropic_api_key}
+    secrets = {k: v.get_secret_value() for k, v in found.items() if v is not None and v.get_secret_value()}
+    for spec in specs.values():
+        name = spec.requires_env
+        if name and name not in secrets and os.environ.get(name):
+            secrets[name] = os.environ[name]
+    return secrets
 
 
 @dataclass
 class Services:
     settings: Settings
 
+    def __post_init__(self) -> None:
+        s = self.settings
+        telemetry.configure(s.otel_exporter, s.otel_endpoint, s.otel_service_name)  # once per process
+
+    # --- models ----------------------------------------------------------------------------
     @cached_property
     def registry(self) -> ModelRegistry:
-        return ModelRegistry.from_settings(self.settings)
+        s = self.settings
+        specs, policies, challengers = read_registry_file(s.models_file)
+        secrets = provider_secrets(s, specs)
+        providers = ProviderConfig(
+            local=LocalRuntimeConfig(model_cache_dir=s.model_cache_dir, gguf=s.local_gguf, threads=s.local_threads,
+                                     ctx=s.local_ctx, check_timeout_s=s.local_check_timeout_s),
+            timeout_s=s.model_timeout_s, max_retries=s.model_max_retries, openai_base_url=s.openai_base_url,
+            secrets=secrets,
+        )
+        registry = ModelRegistry(
+            specs=specs, policies=policies, challengers=challengers, default_policy=s.routing_policy,
+            secrets=secrets, build_chat=lambda spec, role: build_chat(spec, role, providers),
+            load_tier_router=lambda: self.tier_router, cassette=self.cassette, record_mode=s.record_mode,
+        )
+        registry.gateway = ModelGateway(registry, Ledger(s.ledger_path), self.audit, GatewayConfig(
+            cache_ttl_s=s.cache_ttl_s, local_ctx=s.local_ctx, breaker_failures=s.breaker_failures,
+            breaker_cooldown_s=s.breaker_cooldown_s, budget_conversation_usd=s.budget_conversation_usd,
+            budget_day_usd=s.budget_day_usd, review_cost_usd=s.review_cost_usd,
+        ))
+        return registry
+
+    @property
+    def gateway(self) -> ModelGateway:
+        gateway = self.registry.gateway
+        assert gateway is not None  # bound in ``registry``
+        return cast(ModelGateway, gateway)  # the registry types it as its Caller protocol
+
+    @cached_property
+    def cassette(self) -> Cassette | None:
+        s = self.settings
+        if s.record_mode == "off":
+            return None
+        if s.cassette_path is None:
+            raise RegistryError("record/replay mode needs SWITCHBOARD_CASSETTE_PATH")
+        return Cassette.load(s.cassette_path)
+
+    @cached_property
+    def tier_router(self) -> TierRouter:
+        from tools.routing.tier_router import TierRouter
+
+        return TierRouter.load(self.settings.tier_router_file)
 
     @cached_property
     def embedder(self) -> MiniLMEmbedder:
-        from tools.embeddings import get_embedder
+        from tools.models.embeddings import get_embedder
 
         return get_embedder()
 
+    # --- triage and the graph ----------------------------------------------------------------
     @cached_property
     def routes(self) -> RouteConfig:
         return RouteConfig.load(self.settings.routes_file)
@@ -58,13 +132,31 @@ class Services:
             max_parts=self.settings.triage_max_parts,
         )
 
-    @property
+    @cached_property
+    def agent_config(self) -> AgentConfig:
+        s = self.settings
+        return AgentConfig(
+            uploads_dir=uploads_dir(s.data_dir), helpcenter_dir=s.helpcenter_dir,
+            sensitive_columns=tuple(s.sensitive_columns), sensitive_from_profile=s.sensitive_from_profile,
+            validate_agents=tuple(s.validate_agents), validator_model=s.validator_model,
+        )
+
+    @cached_property
+    def graph_config(self) -> GraphConfig:
+        from graphs.support import GraphConfig
+
+        return GraphConfig(default_policy=self.settings.routing_policy,
+                           summary_max_chars=self.settings.summary_max_chars)
+
+    # --- stores ------------------------------------------------------------------------------
+    @cached_property
     def audit(self) -> AuditTrail:
-        return self.registry.audit  # one trail per process: turns, and shadow calls from the gateway
+        """One trail per process: turns, and shadow calls from the gateway."""
+        return AuditTrail(audit_url(self.settings.checkpoint_url, self.settings.data_dir))
 
     @cached_property
     def db(self) -> ReadOnlyDatabase:
-        from tools.database import ReadOnlyDatabase
+        from tools.sql.database import ReadOnlyDatabase
 
         return ReadOnlyDatabase.from_url(self.settings.database_url, max_cell_bytes=self.settings.sql_max_cell_bytes,
                                          max_result_bytes=self.settings.sql_max_result_bytes)

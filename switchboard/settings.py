@@ -15,10 +15,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tools.models.values import DEFAULT_POLICY, RoutingPolicy
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 RecordMode = Literal["off", "record", "replay"]
-RoutingPolicy = Literal["cost-saver", "balanced", "best-quality"]
 
 
 class Settings(BaseSettings):
@@ -53,7 +54,7 @@ class Settings(BaseSettings):
     record_mode: RecordMode = "off"
     cassette_path: Path | None = None
 
-    routing_policy: RoutingPolicy = "balanced"
+    routing_policy: RoutingPolicy = DEFAULT_POLICY
     # The light/heavy tier router used by "auto" policy rules (`switchboard train-router` writes one).
     tier_router_file: Path = REPO_ROOT / "switchboard" / "config" / "tier_router.json"
     # Triage: below this classifier confidence a clause is "unsure".
@@ -89,7 +90,7 @@ class Settings(BaseSettings):
     # or "Table.*" entries (case-insensitive; '[]' = never). sensitive_from_profile: also every
     # column the connected database's own profile shows to hold contact data -- named like one
     # (email, phone, fax, mobile, address, street, postal/zip code), with sampled values that are
-    # mostly e-mails/phones/cards/IBANs (tools/redaction.py's detectors), or copying the values of
+    # mostly e-mails/phones/cards/IBANs (tools/observability/redaction.py's detectors), or copying the values of
     # such a column (Invoice.BillingAddress beside Customer.Address) -- computed once per database
     # (ReadOnlyDatabase.personal_columns) and merged with the list above.
     # A graph run without a checkpointer (no interrupt possible, e.g. a bare graph.ainvoke)
@@ -139,7 +140,7 @@ class Settings(BaseSettings):
     # Conversation summary is kept under this many characters.
     summary_max_chars: int = 1500
 
-    # Tracing (OpenTelemetry spans per turn, graph node and model call; tools/telemetry.py):
+    # Tracing (OpenTelemetry spans per turn, graph node and model call; tools/observability/telemetry.py):
     # "off" sends nothing (spans go to the process's global provider, a no-op unless the host
     # installed one), "console" prints spans to stderr, "otlp" exports over OTLP/HTTP to
     # otel_endpoint, a base URL such as http://localhost:4318 (empty: the standard

@@ -1,5 +1,5 @@
-"""The scripted fake chat models the tests use (they live in the library: tools/scripted.py)."""
+"""The scripted fake chat models the tests use (they live in the library: tools/models/scripted.py)."""
 
-from tools.scripted import ScriptedChatModel, by_system_prompt
+from tools.models.scripted import ScriptedChatModel, by_system_prompt
 
 __all__ = ["ScriptedChatModel", "by_system_prompt"]

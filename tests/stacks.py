@@ -15,12 +15,12 @@ import uvicorn
 from fastapi import FastAPI
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.services import Services
 from switchboard.settings import REPO_ROOT, Settings
-from tools.models import LedgerEntry
-from tools.scripted import ScriptedChatModel, by_system_prompt
+from tools.models.scripted import ScriptedChatModel, by_system_prompt
+from tools.models.values import LedgerEntry
 
 LOCAL = "local-qwen2.5-coder-1.5b"
 

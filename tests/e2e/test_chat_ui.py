@@ -130,7 +130,7 @@ def test_thumbs_up_on_an_answer_lands_in_the_audit_trail(server, new_page):
     compare` can count users' thumbs per model."""
     import time
 
-    from tools.audit import AuditTrail
+    from tools.observability.audit import AuditTrail
 
     page = new_page(server)
     open_chat(page, server.url)

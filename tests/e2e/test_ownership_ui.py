@@ -24,10 +24,10 @@ import pytest
 import socketio
 
 from switchboard.persistence import open_checkpointer
+from switchboard.services import Services
 from switchboard.settings import Settings
 from tests.e2e.conftest import ChainlitServer
 from tests.stacks import EMAIL, PHONE, PHONE_Q, PHONE_SQL, board
-from tools.audit import AuditTrail
 
 pytestmark = pytest.mark.e2e
 
@@ -134,7 +134,7 @@ def test_a_ui_user_cannot_take_over_another_doors_conversation(server) -> None:
             return await sb.pending_reviews(FOREIGN)
 
     assert [r["id"] for r in asyncio.run(still_paused())] == [interrupt_id]
-    audit = AuditTrail.from_settings(Settings(data_dir=data_dir))
+    audit = Services(Settings(data_dir=data_dir)).audit
     assert audit.thread_owner(FOREIGN) == "local"
     assert audit.review_decisions(FOREIGN) == []
     assert "refused thread rt-sql-7 to UI user alice" in srv.log_text()
@@ -167,5 +167,5 @@ def test_a_ui_user_asking_gets_no_review_buttons_on_their_own_conversation(serve
     for button in ('"label": "Approve"', '"label": "Edit SQL"', '"label": "Reject"'):
         assert button not in seen  # ...but gets no review buttons
     assert PHONE not in session.text() and PHONE not in response.text
-    audit = AuditTrail.from_settings(Settings(data_dir=data_dir))
+    audit = Services(Settings(data_dir=data_dir)).audit
     assert audit.thread_owner(mine) == "carol" and audit.review_decisions(mine) == []

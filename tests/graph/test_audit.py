@@ -9,11 +9,11 @@ import json
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.cli import main
 from tests.stacks import LOCAL, scripted_services
-from tools.audit import AuditTrail, answer_id_for, build_turn_record, parse_since
+from tools.observability.audit import answer_id_for, build_turn_record, parse_since
 
 TWO_PART = "How many customers do we have, and what is your refund policy?"
 
@@ -135,12 +135,13 @@ def test_the_trail_works_on_postgresql(tmp_path):
     url = os.environ.get("SWITCHBOARD_PG_URL")
     if not url:
         pytest.skip("SWITCHBOARD_PG_URL is not set: eval \"$(scripts/postgres.sh)\"")
+    from switchboard.services import Services
     from switchboard.settings import Settings
-    from tools.audit import audit_url
+    from tools.observability.audit import audit_url
 
     settings = Settings(data_dir=tmp_path, checkpoint_url=url)
-    assert audit_url(settings).startswith("postgresql+psycopg://")
-    trail = AuditTrail.from_settings(settings)
+    assert audit_url(settings.checkpoint_url, settings.data_dir).startswith("postgresql+psycopg://")
+    trail = Services(settings).audit
     thread = f"pg-{os.getpid()}-{tmp_path.name}"
     state = {"question": "hi", "subtasks": [], "results": [],
              "ledger": [{"agent": "general", "model": "m", "tokens_in": 3, "tokens_out": 2, "cost_usd": 0.1,
@@ -153,8 +154,8 @@ def test_the_trail_works_on_postgresql(tmp_path):
 
 def test_percentile_is_nearest_rank_and_the_same_for_the_audit_and_the_benches():
     from bench.eval_common import percentile as bench_percentile
-    from tools.audit import percentile
-    from tools.stats import percentile as the_one
+    from tools.observability.audit import percentile
+    from tools.observability.stats import percentile as the_one
 
     assert percentile is the_one and bench_percentile is the_one
     assert percentile([10, 20], 50) == 10 and percentile([10, 20], 95) == 20

@@ -16,17 +16,16 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
 from graphs.state import Context
-from graphs.support import turn_input
+from graphs.support import build_support_graph, turn_input
 from switchboard.api import Switchboard
 from switchboard.services import Services
 from tests.fakes import ScriptedChatModel, by_system_prompt
-from tools import images
-from tools.database import ReadOnlyDatabase
-from tools.images import ImageRejected
-from tools.local_llm import ChatLocalLlama, PromptTooLong
-from tools.models import call_model
+from tools.models.gateway import call_model
+from tools.models.local_llm import ChatLocalLlama, PromptTooLong
+from tools.sql.database import ReadOnlyDatabase
+from tools.vision import images
+from tools.vision.images import ImageRejected
 
 LOCAL = "local-qwen2.5-coder-1.5b"
 INVOICE = Path(__file__).parents[1] / "fixtures" / "images" / "chinook_invoice_98.png"
@@ -118,7 +117,7 @@ async def test_zeroblob_through_a_review_edit_is_bounded(make_settings):
 # --- finding 4: image_path reads any file; the LangGraph door without a checkpointer -----------------
 
 def langgraph_door(settings, triage: str = "sql"):
-    """The graph as graphs/server.py builds it: no checkpointer of its own, run by a bare ainvoke."""
+    """The graph as switchboard/langgraph_app.py builds it: no checkpointer of its own, run by a bare ainvoke."""
     services, fake = scripted(settings, f"SQL: {PHONE_SQL}\nANSWER: The phone number is {{result}}.", triage)
     return build_support_graph(services=services), fake
 

@@ -9,12 +9,12 @@ import json
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.cli import main
 from switchboard.services import Services
 from tests.fakes import ScriptedChatModel, by_system_prompt
-from tools.models import ModelRegistry, RegistryError, ab_bucket
+from tools.models.values import RegistryError, ab_bucket
 
 GOOD_SQL = "SQL: SELECT COUNT(*) FROM Customer\nANSWER: We have {result} customers."
 ASK = "How many customers do we have?"
@@ -140,7 +140,7 @@ async def test_compare_reports_both_models_side_by_side(make_settings, tmp_path,
 def test_challenger_config_is_checked(make_settings, tmp_path):
     settings = make_settings(models_file=registry_file(tmp_path, "  light: {model: nobody, mode: ab, share: 0.1}"))
     with pytest.raises(RegistryError, match="unknown model 'nobody'"):
-        ModelRegistry.from_settings(settings)
+        _ = Services(settings).registry
     settings = make_settings(models_file=registry_file(tmp_path, "  medium: {model: rookie, mode: shadow}"))
     with pytest.raises(RegistryError, match="not a tier"):
-        ModelRegistry.from_settings(settings)
+        _ = Services(settings).registry

@@ -6,7 +6,7 @@ from __future__ import annotations
 from langgraph.checkpoint.memory import InMemorySaver
 
 from agents.validation import parse_verdict
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.services import Services
 from tests.fakes import ScriptedChatModel, by_system_prompt

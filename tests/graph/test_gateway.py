@@ -9,13 +9,13 @@ import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.services import Services
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.stacks import models_file
-from tools.gateway import AllModelsFailed, BudgetExceeded
-from tools.models import ModelRegistry, call_model
+from tools.models.gateway import AllModelsFailed, BudgetExceeded, call_model
+from tools.models.registry import ModelRegistry
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def servers():
 def registry(make_settings, tmp_path, p, b, **kw) -> ModelRegistry:
     settings = make_settings(models_file=models_file(tmp_path, p.url, b.url), model_max_retries=0,
                              model_timeout_s=1.0, **kw)
-    return ModelRegistry.from_settings(settings)
+    return Services(settings).registry
 
 
 async def ask(reg, text="hello", agent="general", max_tokens=256):
@@ -64,9 +64,9 @@ async def test_fault_falls_back_and_is_logged_in_the_ledger(make_settings, tmp_p
 async def test_client_retries_with_backoff_before_falling_back(make_settings, tmp_path, servers):
     p, b, faults = servers
     faults["primary"].append(Fault(status=429))
-    reg = ModelRegistry.from_settings(
+    reg = Services(
         make_settings(models_file=models_file(tmp_path, p.url, b.url), model_max_retries=1)
-    )
+    ).registry
     msg, entry = await ask(reg)
     assert msg.content.strip() == "answer from primary" and entry.note == ""
     assert len(p.requests) == 2 and b.requests == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.services import Services
 from tests.fake_openai import FakeOpenAI

@@ -13,7 +13,7 @@ from langgraph.errors import is_invalid_resume
 from langgraph.types import Command
 from pydantic import ValidationError
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import NoPendingReview, ReviewError, ReviewPending, Switchboard
 from switchboard.services import Services
 from tests.fakes import ScriptedChatModel, by_system_prompt
@@ -31,9 +31,10 @@ from tests.stacks import (
     tiered,
 )
 from tools import review
-from tools.database import ReadOnlyDatabase
-from tools.gateway import current_thread_id
-from tools.models import call_model
+from tools.models.gateway import call_model
+from tools.models.registry import current_thread_id
+from tools.sql import sensitive
+from tools.sql.database import ReadOnlyDatabase
 
 LOCAL = "local-qwen2.5-coder-1.5b"
 def calls_for(fake: ScriptedChatModel, phrase: str) -> int:
@@ -71,15 +72,15 @@ def chinook_columns(tmp_path_factory) -> dict[str, list[str]]:
 def test_sensitive_reads_resolves_columns_stars_and_aliases(chinook_columns, sql, reads):
     from switchboard.settings import Settings
 
-    assert review.sensitive_reads(sql, chinook_columns, Settings().sensitive_columns) == reads
+    assert sensitive.sensitive_reads(sql, chinook_columns, Settings().sensitive_columns) == reads
 
 
 def test_sensitive_entries_are_case_insensitive_and_may_name_a_whole_table(chinook_columns):
-    assert review.sensitive_reads("SELECT Name FROM Artist", chinook_columns, ["artist.*"]) == ["Artist.Name"]
-    assert review.sensitive_reads("SELECT * FROM Artist", chinook_columns, ["artist.*"]) == ["Artist.ArtistId",
+    assert sensitive.sensitive_reads("SELECT Name FROM Artist", chinook_columns, ["artist.*"]) == ["Artist.Name"]
+    assert sensitive.sensitive_reads("SELECT * FROM Artist", chinook_columns, ["artist.*"]) == ["Artist.ArtistId",
                                                                                             "Artist.Name"]
-    assert review.sensitive_reads("SELECT Title FROM album", chinook_columns, ["ALBUM.TITLE", "Nope.X"]) == ["Album.Title"]
-    assert review.sensitive_reads("SELECT Email FROM Customer", chinook_columns, []) == []
+    assert sensitive.sensitive_reads("SELECT Title FROM album", chinook_columns, ["ALBUM.TITLE", "Nope.X"]) == ["Album.Title"]
+    assert sensitive.sensitive_reads("SELECT Email FROM Customer", chinook_columns, []) == []
 
 
 # --- the resume payload ----------------------------------------------------------------------------

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.services import Services
 from tests.fakes import ScriptedChatModel, by_system_prompt
-from tools.models import ModelRegistry
 
 TWO_TIERS = """
 models:
@@ -59,7 +58,7 @@ def board_with(settings, small_sql, big_sql) -> tuple[Switchboard, ScriptedChatM
 # --- the tier router ------------------------------------------------------------------------------
 
 def test_auto_rule_asks_the_tier_router_with_the_policy_threshold(make_settings, tmp_path):
-    reg = ModelRegistry.from_settings(two_tier_settings(make_settings, tmp_path))
+    reg = Services(two_tier_settings(make_settings, tmp_path)).registry
     hard = ("Prove that there are infinitely many primes and derive the asymptotic density "
             "using the prime number theorem")
     d_easy, d_hard = reg.decide_tier("general", "balanced", "hello"), reg.decide_tier("general", "balanced", hard)
@@ -75,18 +74,18 @@ def test_auto_rule_asks_the_tier_router_with_the_policy_threshold(make_settings,
 def test_policies_order_the_heavy_share(make_settings, tmp_path):
     """The same subtasks: cost-saver never sends more to heavy than balanced, nor balanced than
     best-quality (thresholds are monotone)."""
-    reg = ModelRegistry.from_settings(two_tier_settings(make_settings, tmp_path))
+    reg = Services(two_tier_settings(make_settings, tmp_path)).registry
     router = reg.tier_router
     assert router.threshold_for("cost-saver") >= router.threshold_for("balanced") >= router.threshold_for("best-quality")
 
 
 def test_fixed_rules_and_a_missing_heavy_model_skip_the_router(make_settings, tmp_path):
-    reg = ModelRegistry.from_settings(two_tier_settings(make_settings, tmp_path))
+    reg = Services(two_tier_settings(make_settings, tmp_path)).registry
     assert reg.decide_tier("sql", "best-quality", EASY).tier == "heavy"
     assert reg.decide_tier("sql", "cost-saver", "prove the Riemann hypothesis").tier == "light"
     assert "tier_router" not in reg.__dict__  # fixed rules never load the router
 
-    local_only = ModelRegistry.from_settings(make_settings())  # the offline default: one model
+    local_only = Services(make_settings()).registry  # the offline default: one model
     decision = local_only.decide_tier("general", "best-quality", "prove the Riemann hypothesis")
     assert decision.tier == "light" and "no distinct heavy model" in decision.reason
     assert "tier_router" not in local_only.__dict__

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
+from switchboard.services import Services
 from tests.stacks import LOCAL, scripted_services
 
 SNAPSHOT = Path(__file__).parent / "support_graph.mmd"
 
 
 def test_graph_wiring_matches_the_committed_drawing(make_settings):
-    graph = build_support_graph(make_settings())
+    graph = build_support_graph(Services(make_settings()))
     drawing = graph.get_graph().draw_mermaid()
     if os.environ.get("SWITCHBOARD_UPDATE_SNAPSHOT") == "1":  # a deliberate rewiring: rewrite, review, commit
         SNAPSHOT.write_text(drawing)
@@ -129,3 +130,18 @@ async def test_conversation_survives_a_process_restart(make_settings):
     assert turn.answer == "5 of them are from Brazil."
     assert "We have 59 customers." in str(fake2.calls[-1][-1].content)
     assert settings.checkpoint_sqlite_path.exists()
+
+
+async def test_a_run_without_a_policy_uses_the_configured_default_not_another(make_settings):
+    """One default: a run whose context names no policy gets ``Settings.routing_policy``."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from graphs.state import Context
+    from graphs.support import turn_input
+
+    services, _ = scripted_services(make_settings(routing_policy="cost-saver"))
+    graph = build_support_graph(services, checkpointer=InMemorySaver())
+    state = await graph.ainvoke(turn_input("Hello there!"), config={"configurable": {"thread_id": "p"}},
+                                context=Context())
+    assert state["turn_meta"]["policy"] == "cost-saver"
+    assert all(e.get("model") == LOCAL for e in state["ledger"])

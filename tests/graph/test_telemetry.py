@@ -21,14 +21,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
+from switchboard.services import Services
 from switchboard.settings import REPO_ROOT
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.stacks import LOCAL, models_file, scripted_services
-from tools import metrics, telemetry
-from tools.models import ModelRegistry, call_model
-from tools.recording import MissingRecording
+from tools.models.gateway import call_model
+from tools.models.recording import MissingRecording
+from tools.observability import metrics, telemetry
 
 TWO_PARTS = "How many customers do we have, and what is your refund policy?"
 NODES = {"triage", "sql", "rag", "vision", "general", "join", "synthesize", "remember"}
@@ -189,8 +190,8 @@ async def test_a_fallback_is_two_call_spans_and_the_second_says_why(make_setting
     faults = [Fault(status=503)]
     with FakeOpenAI(respond=lambda body: faults.pop(0) if faults else "from primary") as p, \
             FakeOpenAI(respond=lambda body: "from backup") as b:
-        reg = ModelRegistry.from_settings(make_settings(models_file=models_file(tmp_path, p.url, b.url),
-                                                        model_max_retries=0, cache_ttl_s=0))
+        reg = Services(make_settings(models_file=models_file(tmp_path, p.url, b.url),
+                                    model_max_retries=0, cache_ttl_s=0)).registry
         _, entry = await call_model(reg.handle("primary", role="general"), [HumanMessage("hi")],
                                     agent="general", task="hi", max_tokens=16)
     first, second = sorted(spans.get_finished_spans(), key=lambda s: s.start_time)
@@ -202,7 +203,7 @@ async def test_a_fallback_is_two_call_spans_and_the_second_says_why(make_setting
 
 
 def test_tracing_is_off_by_default_and_node_wrappers_keep_the_wiring(make_settings):
-    graph = build_support_graph(make_settings())
+    graph = build_support_graph(Services(make_settings()))
     assert make_settings().otel_exporter == "off"
     assert set(graph.builder.nodes) == NODES
     assert graph.builder.nodes["sql"].input_schema.__name__ == "Handoff"  # still read from the wrapped __call__
@@ -218,10 +219,11 @@ def test_otlp_endpoint_is_a_base_url_like_the_standard_variable():
 def test_console_exporter_prints_spans_to_stderr_not_stdout(tmp_path):
     """In a fresh process: configure() sets the global provider once, which a test process must not."""
     script = (
+        "from switchboard.services import Services\n"
         "from switchboard.settings import Settings\n"
-        "from tools import telemetry\n"
+        "from tools.observability import telemetry\n"
         f"s = Settings(data_dir={str(tmp_path)!r}, otel_exporter='console', otel_service_name='sb-test')\n"
-        "telemetry.configure(s); telemetry.configure(s)\n"
+        "Services(s); Services(s)  # the composition root configures tracing, once per process\n"
         "with telemetry.tracer().start_as_current_span('probe'): pass\n"
         "print('answer')\n"
     )
@@ -240,7 +242,7 @@ async def test_an_exception_event_is_redacted(make_settings, spans):
         await sb.ask("How many customers do we have?", thread_id="otel-redact")
     (sql,) = [s for s in spans.get_finished_spans() if s.name == "sql"]
     (event,) = [e for e in sql.events if e.name == "exception"]
-    assert event.attributes["exception.type"] == "tools.recording.MissingRecording"
+    assert event.attributes["exception.type"] == "tools.models.recording.MissingRecording"
     assert "jane.doe@example.com" not in event.attributes["exception.message"]
     assert "[email]" in event.attributes["exception.message"]
     assert "jane.doe" not in event.attributes["exception.stacktrace"]

@@ -8,7 +8,7 @@ import asyncio
 
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import RecoveryGuard, RetryFailed, Switchboard
 from tests.stacks import scripted_services
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.tracers.context import register_configure_hook  # noqa: E402
 
-from graphs import build_support_graph  # noqa: E402
+from graphs.support import build_support_graph  # noqa: E402
 from switchboard.api import Switchboard  # noqa: E402
 from switchboard.persistence import open_checkpointer  # noqa: E402
 from switchboard.services import Services  # noqa: E402

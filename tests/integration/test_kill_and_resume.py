@@ -25,11 +25,10 @@ from typing import Any
 
 import pytest
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
-from tools.audit import AuditTrail
 
 WORKER = Path(__file__).with_name("kill_worker.py")
 THREAD = "durable"
@@ -105,7 +104,7 @@ async def test_a_turn_killed_between_specialists_resumes_without_rerunning_or_du
     assert sql_before["ok"] and sql_before["answer"] == "We have 59 customers."
     [sql_call_before] = before["done"]["sql"]["ledger"]
     assert ledger_rows(settings) == [("sql", sql_before["subtask_id"])]  # RAG's call never completed
-    assert AuditTrail.from_settings(settings).turns(thread=THREAD) == []  # written by `remember` only
+    assert Services(settings).audit.turns(thread=THREAD) == []  # written by `remember` only
 
     # 2. a new process on the same data: recover the turn
     try:
@@ -141,7 +140,7 @@ async def test_a_turn_killed_between_specialists_resumes_without_rerunning_or_du
     assert next(e for e in turn["ledger"] if e["agent"] == "sql")["call_id"] == sql_call_before["call_id"]
 
     # the audit trail: one record for the turn, both subtasks, each call once
-    [rec] = AuditTrail.from_settings(settings).turns(thread=THREAD)
+    [rec] = Services(settings).audit.turns(thread=THREAD)
     assert rec["turn_id"] == f"{THREAD}:0" and rec["answer_id"] == turn["answer_id"]
     assert [s["agent"] for s in rec["subtasks"]] == ["sql", "rag"] and all(s["ok"] for s in rec["subtasks"])
     assert sorted(c["agent"] for c in rec["calls"]) == ["rag", "sql"] and rec["llm_calls"] == 2

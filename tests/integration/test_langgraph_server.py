@@ -7,7 +7,7 @@ the browser). The server process answers its model calls from this test's casset
 ``SWITCHBOARD_RECORD_MODE=record`` (runs the real local model inside the server).
 
 The server runs in a scratch directory (it writes ``.langgraph_api/`` there) that links to the
-repository's ``langgraph.json`` and ``graphs/``, so the relative paths in the real config are tested.
+repository's ``langgraph.json`` and ``switchboard/``, so the relative paths in the real config are tested.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def langgraph_server(cassette_settings: Settings, tmp_path: Path) -> Iterator[st
     workdir = tmp_path / "lg"
     workdir.mkdir()
     (workdir / "langgraph.json").symlink_to(REPO_ROOT / "langgraph.json")
-    (workdir / "graphs").symlink_to(REPO_ROOT / "graphs")
+    (workdir / "switchboard").symlink_to(REPO_ROOT / "switchboard")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "langgraph-dev.log"
@@ -120,7 +120,7 @@ async def test_langgraph_dev_serves_the_support_graph_offline(langgraph_server: 
 
 
 def test_the_module_level_graph_has_no_checkpointer() -> None:
-    from graphs.server import graph
+    from switchboard.langgraph_app import graph
 
     assert graph.checkpointer is None
     assert set(graph.get_graph().nodes) >= {"triage", "sql", "rag", "vision", "general", "synthesize", "remember"}

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.access import HTTP, Principal, ReviewForbidden, ThreadNotFound
 from switchboard.api import Switchboard
 from switchboard.persistence import open_checkpointer

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.persistence import open_checkpointer
 from tests.stacks import scripted_services

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from sqlalchemy.exc import DBAPIError
 
-from tools.database import QueryTimeout, ReadOnlyDatabase, SQLExecutionError
-from tools.sql_guard import UnsafeSQL
+from tools.sql.database import QueryTimeout, ReadOnlyDatabase, SQLExecutionError
+from tools.sql.guard import UnsafeSQL
 
 REPO = Path(__file__).resolve().parents[2]
 CHINOOK = REPO / "data" / "chinook" / "chinook.sqlite"

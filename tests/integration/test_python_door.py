@@ -39,13 +39,13 @@ def scripted_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path):
         return scripted_services(settings, sql=brazil_aware_sql)[0]
 
     monkeypatch.setattr("switchboard.api.Services", make_services)
-    monkeypatch.setattr("graphs.support.Services", make_services)
+    monkeypatch.setattr("switchboard.services.Services", make_services)  # what the second snippet imports
 
 
 def test_the_readme_has_both_python_examples() -> None:
     snippets = readme_python_snippets()
     assert len(snippets) == 2
-    assert "Switchboard.open()" in snippets[0] and "build_support_graph(settings, checkpointer=saver)" in snippets[1]
+    assert "Switchboard.open()" in snippets[0] and "build_support_graph(Services(settings), checkpointer=saver)" in snippets[1]
 
 
 @pytest.mark.parametrize(("index", "printed"), [(0, "5 customers are from Brazil. 0.0"), (1, "We have 59 customers.")])

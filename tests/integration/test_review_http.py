@@ -16,7 +16,7 @@ import openai
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graphs import build_support_graph
+from graphs.support import build_support_graph
 from switchboard.api import Switchboard
 from switchboard.server import create_app
 from switchboard.settings import Settings

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents.base import context_block, needs_context
+from agents import rag
+from agents.base import context_block
+from agents.followup import looks_like_follow_up, needs_context
 
 
 @pytest.mark.parametrize("task", [
@@ -21,6 +23,17 @@ def test_follow_ups_need_context(task):
 ])
 def test_standalone_questions_do_not(task):
     assert not needs_context(task)
+
+
+@pytest.mark.parametrize("task", [
+    "Which of these spent the most?", "And its price?", "so how many in 2023?", "same as the previous one",
+])
+def test_one_word_list_for_triage_rag_and_context(task):
+    """A follow-up is a follow-up everywhere: the specialist gets the summary, triage keeps it with
+    the previous turn's agent, and RAG folds the last turn into its search query."""
+    assert looks_like_follow_up(task) and needs_context(task)
+    handoff = {"summary": "User: What is your refund policy? | rag: 14 days.", "subtask": {"task": task}}
+    assert rag.search_query(handoff, task) == f"User: What is your refund policy? | rag: 14 days. {task}"
 
 
 def _handoff(task, evidence=()):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from sqlalchemy.exc import DBAPIError, ResourceClosedError
 
-import tools.database as database
-from tools.database import QueryResult, QueryTimeout, ReadOnlyDatabase, SQLExecutionError
+import tools.sql.database as database
+from tools.sql.database import QueryResult, QueryTimeout, ReadOnlyDatabase, SQLExecutionError
 
 REPO = Path(__file__).resolve().parents[2]
 CHINOOK = REPO / "data" / "chinook" / "chinook.sqlite"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
-from tools.images import ImageRejected, ValidatedImage, validate_image, validate_image_file
+from tools.vision.images import ImageRejected, ValidatedImage, validate_image, validate_image_file
 
 
 def _encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:

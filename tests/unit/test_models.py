@@ -8,15 +8,18 @@ import hashlib
 import pytest
 from langchain_core.messages import HumanMessage
 
-import tools.local_llm as local_llm
+import tools.models.local_llm as local_llm
+from switchboard.services import Services
 from switchboard.settings import Settings
 from tests.fakes import ScriptedChatModel
-from tools.embeddings import ModelIntegrityError
-from tools.models import ModelRegistry, RegistryError, call_model
+from tools.models.embeddings import ModelIntegrityError
+from tools.models.gateway import call_model
+from tools.models.registry import read_registry_file
+from tools.models.values import RegistryError
 
 
 def test_offline_default_is_the_local_model_for_every_agent():
-    reg = ModelRegistry.from_settings(Settings())
+    reg = Services(Settings()).registry
     assert [m.name for m in reg.available()] == ["local-qwen2.5-coder-1.5b"]
     for agent in ("triage", "sql", "rag", "vision", "general"):
         assert reg.for_agent(agent).spec.provider == "llamacpp"
@@ -24,7 +27,7 @@ def test_offline_default_is_the_local_model_for_every_agent():
 
 def test_hosted_models_become_available_with_their_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + "0" * 21)
-    reg = ModelRegistry.from_settings(Settings())
+    reg = Services(Settings()).registry
     assert reg.pick("heavy").name == "gpt-4o"
     assert reg.pick("light", capability="vision").name == "gpt-4o-mini"
     hard = "Prove that there are infinitely many primes and derive their asymptotic density"
@@ -37,14 +40,14 @@ def test_a_key_in_the_env_file_enables_the_hosted_models_and_reaches_the_client(
     key = "sk-dotenv-" + "1" * 21
     env_file = tmp_path / ".env"
     env_file.write_text(f"OPENAI_API_KEY={key}\n")
-    reg = ModelRegistry.from_settings(Settings(_env_file=env_file))
+    reg = Services(Settings(_env_file=env_file)).registry
     assert reg.pick("heavy").name == "gpt-4o"
-    chat = reg._build(reg.specs["gpt-4o"], "sql")
+    chat = reg.build_chat(reg.specs["gpt-4o"], "sql")
     assert chat.openai_api_key.get_secret_value() == key
 
 
 def test_no_model_with_a_capability_is_a_clear_error():
-    reg = ModelRegistry.from_settings(Settings())
+    reg = Services(Settings()).registry
     with pytest.raises(RegistryError, match="capability 'vision'"):
         reg.pick("light", capability="vision")
 
@@ -53,12 +56,12 @@ def test_unknown_fallback_in_registry_file_is_rejected(tmp_path):
     f = tmp_path / "models.yaml"
     f.write_text("models:\n  a: {provider: openai, model: x, fallbacks: [nope]}\n")
     with pytest.raises(RegistryError, match="unknown fallbacks"):
-        ModelRegistry.from_file(f, Settings())
+        read_registry_file(f)
 
 
 def test_call_model_prices_tokens_from_the_registry(monkeypatch, make_settings):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + "0" * 21)
-    reg = ModelRegistry.from_settings(make_settings())
+    reg = Services(make_settings()).registry
     reg.use_chat_model("gpt-4o", ScriptedChatModel(respond=lambda m: "one two three"))
     msg, entry = asyncio.run(call_model(reg.handle("gpt-4o"), [HumanMessage("a b")], agent="general", task="t"))
     assert msg.content == "one two three"

@@ -7,16 +7,9 @@ import json
 import pytest
 
 from tests.conftest import SHARED_DATA, require_shared
-from tools.ocr import (
-    OcrLine,
-    OcrResult,
-    extract_receipt_fields,
-    find_amounts,
-    find_dates,
-    normalise_date,
-    parse_amount,
-    read_image,
-)
+from tools.vision.ocr import OcrLine, OcrResult, read_image
+from tools.vision.parsing import find_amounts, find_dates, normalise_date, parse_amount
+from tools.vision.receipts import extract_receipt_fields
 
 VISION_DATA = SHARED_DATA / "vision"
 RECEIPTS = VISION_DATA / "softmatic_receipts_de"

@@ -7,7 +7,7 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from tests.fakes import ScriptedChatModel
-from tools.recording import Cassette, MissingRecording, RecordingChatModel, scrub
+from tools.models.recording import Cassette, MissingRecording, RecordingChatModel, scrub
 
 
 def _wrap(path, mode, inner):

@@ -13,7 +13,7 @@ import logging
 import pytest
 
 from bench.redaction_corpus import load_corpus, score, totals
-from tools.redaction import (
+from tools.observability.redaction import (
     Finding,
     RedactingFilter,
     find_personal_data,

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage
 
+from switchboard.services import Services
 from switchboard.settings import REPO_ROOT
 from tests.fakes import ScriptedChatModel
-from tools import local_llm
-from tools.local_llm import REBUILD, REBUILD_NO_AVX2, LocalRuntimeUnavailable, check_runtime
-from tools.models import ModelRegistry, call_model
+from tools.models import local_llm
+from tools.models.gateway import call_model
+from tools.models.local_llm import REBUILD, REBUILD_NO_AVX2, LocalRuntimeUnavailable, check_runtime
 
 FAKES = REPO_ROOT / "tests" / "fixtures" / "fake_llama_cpp"
 
@@ -101,7 +102,7 @@ async def test_hosted_models_still_serve_when_the_local_runtime_fails(monkeypatc
     registry_file.write_text(REGISTRY)
     settings = make_settings(models_file=registry_file, local_gguf=model_file, model_cache_dir=tmp_path / "cache",
                              cache_ttl_s=0)
-    registry = ModelRegistry.from_settings(settings)
+    registry = Services(settings).registry
     hosted = ScriptedChatModel(respond=lambda messages: "We have 59 customers.")
     registry.use_chat_model("hosted", hosted)
 
@@ -110,8 +111,8 @@ async def test_hosted_models_still_serve_when_the_local_runtime_fails(monkeypatc
     assert reply.content == "We have 59 customers." and entry.model == "hosted"
     assert "local: local runtime unavailable" in entry.note
 
-    alone = ModelRegistry.from_settings(make_settings(models_file=registry_file, local_gguf=model_file,
-                                                      model_cache_dir=tmp_path / "cache"))
+    alone = Services(make_settings(models_file=registry_file, local_gguf=model_file,
+                                     model_cache_dir=tmp_path / "cache")).registry
     alone.specs["hosted"].enabled = False
     with pytest.raises(LocalRuntimeUnavailable, match="SIGILL"):  # nothing else: the runtime's own message
         await call_model(alone.handle("local", "sql"), [HumanMessage("How many customers?")],

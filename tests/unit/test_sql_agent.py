@@ -32,8 +32,8 @@ from bench.common import stratified_sample
 from bench.sql_spider import extract_sql, orders_output, same_result, without_limit
 from switchboard.services import Services
 from tests.fakes import ScriptedChatModel
-from tools.database import QueryResult, ReadOnlyDatabase
-from tools.sql_guard import UnsafeSQL, double_quoted_values_as_strings, validate_identifiers
+from tools.sql.database import QueryResult, ReadOnlyDatabase
+from tools.sql.guard import UnsafeSQL, double_quoted_values_as_strings, validate_identifiers
 
 REPO = Path(__file__).resolve().parents[2]
 CHINOOK = REPO / "data" / "chinook" / "chinook.sqlite"
@@ -284,7 +284,7 @@ def wide_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReadOnlyDataba
 
 @pytest.fixture(scope="module")
 def embed() -> Callable[[Any], Any]:
-    from tools.embeddings import get_embedder
+    from tools.models.embeddings import get_embedder
 
     return get_embedder().embed
 
@@ -452,7 +452,7 @@ async def test_a_database_error_goes_back_to_the_model(chinook_copy: Path, make_
 
 
 # --------------------------------------------------------------------------------------------
-# Guard helpers the agent uses (tools/sql_guard.py)
+# Guard helpers the agent uses (tools/sql/guard.py)
 
 COUNTRY = {"country": ["Code", "Name", "Continent"], "city": ["Name", "CountryCode"]}
 

@@ -17,8 +17,8 @@ import pytest
 import sqlglot
 import yaml
 
-from tools.database import QueryResult, ReadOnlyDatabase
-from tools.sql_guard import UnsafeSQL, check_read_only, referenced_tables, validate_identifiers
+from tools.sql.database import QueryResult, ReadOnlyDatabase
+from tools.sql.guard import UnsafeSQL, check_read_only, referenced_tables, validate_identifiers
 
 REPO = Path(__file__).resolve().parents[2]
 CHINOOK = REPO / "data" / "chinook" / "chinook.sqlite"

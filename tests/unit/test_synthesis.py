@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents.synthesis import compose, remember
+from graphs.synthesis import compose, remember
 
 
 def _result(sid, agent, task, answer, ok=True, evidence=None, entities=None):

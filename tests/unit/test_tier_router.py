@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 
 from switchboard.cli import main as cli_main
-from tools.tier_router import (
-    DEFAULT_PATH,
-    POLICY_TARGETS,
-    TierRouter,
-    TierRouterError,
-    heavy_needed,
-    load_outcomes,
-)
+from switchboard.settings import Settings
+from tools.routing.tier_router import POLICY_TARGETS, TierRouter, TierRouterError
+from tools.routing.training import fit, fit_vectors, heavy_needed, load_outcomes
 
 HARD = [
     "Prove that the integral of x squared from 0 to 1 equals one third.",
@@ -50,7 +45,7 @@ ORDER = ["best-quality", "balanced", "cost-saver"]
 @pytest.fixture(scope="module")
 def router() -> TierRouter:
     texts = HARD + EASY
-    return TierRouter(C=10.0).fit(texts, [False] * len(HARD) + [True] * len(EASY))
+    return fit(TierRouter(C=10.0), texts, [False] * len(HARD) + [True] * len(EASY))
 
 
 def test_learns_that_proofs_need_the_heavy_model(router: TierRouter) -> None:
@@ -89,13 +84,13 @@ def test_targets() -> None:
 
 def test_one_class_outcomes_are_refused() -> None:
     with pytest.raises(TierRouterError, match="both"):
-        TierRouter().fit_vectors(np.zeros((3, 384)), [True, True, True])
+        fit_vectors(TierRouter(), np.zeros((3, 384)), [True, True, True])
 
 
 def test_shipped_default_loads_and_scores() -> None:
     # how fast it is belongs in bench/ (tests never assert on wall-clock time)
-    router = TierRouter.load()
-    assert DEFAULT_PATH.stat().st_size < 64_000  # weights, not embeddings
+    router = TierRouter.load(Settings().tier_router_file)
+    assert Settings().tier_router_file.stat().st_size < 64_000  # weights, not embeddings
     assert {"mmlu", "gsm8k", "mt_bench"} <= set(router.meta["sources"])
     thresholds = [router.threshold_for(p) for p in ORDER]
     assert thresholds == sorted(thresholds)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from agents.triage import Triage
+from switchboard.services import Services
 from switchboard.settings import Settings
 from tests.fakes import ScriptedChatModel
-from tools.intent import IntentClassifier, RouteConfig
-from tools.models import ModelRegistry
+from tools.routing.intent import IntentClassifier, RouteConfig
 
 CONFIG = RouteConfig.load(Settings().routes_file)
 
@@ -20,7 +20,7 @@ def classifier() -> IntentClassifier:
 
 
 def make_triage(classifier, reply: str = "rag", threshold: float | None = None, settings: Settings | None = None):
-    registry = ModelRegistry.from_settings(settings or Settings())
+    registry = Services(settings or Settings()).registry
     fake = ScriptedChatModel(respond=lambda msgs: reply)
     registry.use_chat_model("local-qwen2.5-coder-1.5b", fake)
     return Triage(CONFIG, classifier, registry, threshold=threshold), fake
