@@ -34,8 +34,9 @@ from tools import review
 from tools.models.gateway import call_model
 from tools.models.registry import ModelHandle
 from tools.sql import sensitive
-from tools.sql.database import QueryResult, ReadOnlyDatabase, SQLExecutionError
+from tools.sql.database import ReadOnlyDatabase, SQLExecutionError
 from tools.sql.guard import UnsafeSQL, check_read_only, double_quoted_values_as_strings
+from tools.sql.results import QueryResult
 
 log = logging.getLogger("switchboard.agents.sql")
 

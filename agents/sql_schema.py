@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.sql.database import ReadOnlyDatabase, TableInfo
+from tools.sql.database import ReadOnlyDatabase
+from tools.sql.schema import TableInfo
 
 __all__ = [
     "MAX_FULL_CHARS",

@@ -14,7 +14,8 @@ import yaml
 from sqlalchemy.exc import DBAPIError, ResourceClosedError
 
 import tools.sql.database as database
-from tools.sql.database import QueryResult, QueryTimeout, ReadOnlyDatabase, SQLExecutionError
+from tools.sql.database import QueryTimeout, ReadOnlyDatabase, SQLExecutionError
+from tools.sql.results import QueryResult
 
 REPO = Path(__file__).resolve().parents[2]
 CHINOOK = REPO / "data" / "chinook" / "chinook.sqlite"

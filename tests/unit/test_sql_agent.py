@@ -32,8 +32,9 @@ from bench.common import stratified_sample
 from bench.sql_spider import extract_sql, orders_output, same_result, without_limit
 from switchboard.services import Services
 from tests.fakes import ScriptedChatModel
-from tools.sql.database import QueryResult, ReadOnlyDatabase
+from tools.sql.database import ReadOnlyDatabase
 from tools.sql.guard import UnsafeSQL, double_quoted_values_as_strings, validate_identifiers
+from tools.sql.results import QueryResult
 
 REPO = Path(__file__).resolve().parents[2]
 CHINOOK = REPO / "data" / "chinook" / "chinook.sqlite"

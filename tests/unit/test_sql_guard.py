@@ -17,8 +17,9 @@ import pytest
 import sqlglot
 import yaml
 
-from tools.sql.database import QueryResult, ReadOnlyDatabase
+from tools.sql.database import ReadOnlyDatabase
 from tools.sql.guard import UnsafeSQL, check_read_only, referenced_tables, validate_identifiers
+from tools.sql.results import QueryResult
 
 REPO = Path(__file__).resolve().parents[2]
 CHINOOK = REPO / "data" / "chinook" / "chinook.sqlite"
