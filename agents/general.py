@@ -10,6 +10,7 @@ from agents import prompts
 from agents.base import context_block, specialist
 from agents.contract import Evidence, Handoff
 from agents.deps import AgentServices
+from agents.streaming import PartStream
 from tools.models.gateway import call_model
 
 
@@ -30,7 +31,8 @@ class GeneralAgent:
                 HumanMessage(prompts.GENERAL_USER.format(context=context_block(handoff), question=out.subtask["task"])),
             ]
             reply, entry = await call_model(
-                handle, msgs, agent="general", task=out.subtask["task"], max_tokens=160, subtask_id=out.subtask["id"]
+                handle, msgs, agent="general", task=out.subtask["task"], max_tokens=160, subtask_id=out.subtask["id"],
+                answer=PartStream(out.subtask["id"], self.name),
             )
             out.ledger.append(entry)
             out.answer = str(reply.content).strip()

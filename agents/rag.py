@@ -26,6 +26,7 @@ from agents.base import context_block, specialist
 from agents.contract import Evidence, Handoff
 from agents.deps import AgentServices
 from agents.followup import looks_like_follow_up
+from agents.streaming import PartStream
 from knowledge.screening import instruction_like
 from knowledge.store import Hit
 from tools.models.gateway import call_model
@@ -119,11 +120,17 @@ class RAGAgent:
                     )
                 ),
             ]
+            passages = [h.text for h in relevant]
+
+            def finished_text(text: str) -> str:  # what the answer's text will be (before its Sources line)
+                return cite_articles(attribute(text.strip(), passages, self.services), relevant)[0]
+
             reply, entry = await call_model(
-                handle, msgs, agent="rag", task=question, max_tokens=160, subtask_id=out.subtask["id"]
+                handle, msgs, agent="rag", task=question, max_tokens=160, subtask_id=out.subtask["id"],
+                answer=PartStream(out.subtask["id"], self.name, finished_text, blocking=True),
             )
             out.ledger.append(entry)
-            text = await asyncio.to_thread(attribute, str(reply.content).strip(), [h.text for h in relevant],
+            text = await asyncio.to_thread(attribute, str(reply.content).strip(), passages,
                                            self.services)  # embeddings: off the event loop
             text, citations = cite_articles(text, relevant)
             out.evidence["model"] = handle.spec.name

@@ -18,6 +18,7 @@ from agents import prompts
 from agents.base import Outcome, context_block, specialist
 from agents.contract import Evidence, Handoff
 from agents.deps import AgentServices
+from agents.streaming import PartStream
 from tools.models.gateway import call_model
 from tools.models.values import ModelSpec, RegistryError
 from tools.vision.images import ImageRejected, ValidatedImage, validate_upload
@@ -93,7 +94,8 @@ class VisionAgent:
                 ]
             ),
         ]
-        reply, entry = await call_model(handle, msgs, agent="vision", task=out.subtask["task"], max_tokens=200, subtask_id=out.subtask["id"])
+        reply, entry = await call_model(handle, msgs, agent="vision", task=out.subtask["task"], max_tokens=200, subtask_id=out.subtask["id"],
+                                        answer=PartStream(out.subtask["id"], self.name))
         out.ledger.append(entry)
         out.answer = str(reply.content).strip()
         out.evidence["model"] = spec.name
@@ -133,7 +135,8 @@ class VisionAgent:
                 )
             ),
         ]
-        reply, entry = await call_model(handle, msgs, agent="vision", task=out.subtask["task"], max_tokens=160, subtask_id=out.subtask["id"])
+        reply, entry = await call_model(handle, msgs, agent="vision", task=out.subtask["task"], max_tokens=160, subtask_id=out.subtask["id"],
+                                        answer=PartStream(out.subtask["id"], self.name))
         out.ledger.append(entry)
         out.answer = str(reply.content).strip()
         out.evidence["model"] = handle.spec.name

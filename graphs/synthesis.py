@@ -28,12 +28,16 @@ def compose(subtasks: list[dict[str, Any]], results: list[AgentResult], labels: 
     if all(not r["ok"] for r in ordered) and len({r["answer"] for r in ordered}) == 1:
         return ordered[0]["answer"]  # one outage failed every part (the local runtime, say): say it once
     tasks = [r["task"] for r in ordered]
-    parts = []
-    for r in ordered:
-        task = r["task"].strip().rstrip("?.! ")
-        heading = task[:1].upper() + task[1:] + "?" if tasks.count(r["task"]) == 1 else (labels or {}).get(r["agent"], "Also")
-        parts.append(f"**{heading}**\n{r['answer']}")
-    return "\n\n".join(parts)
+    return "\n\n".join(f"**{heading(r['task'], tasks, r['agent'], labels or {})}**\n{r['answer']}" for r in ordered)
+
+
+def heading(task: str, tasks: list[str], agent: str, labels: Mapping[str, str]) -> str:
+    """How a combined answer introduces one part: its task as a question, or, when the same task
+    went to two specialists, the specialist's ``label``."""
+    if tasks.count(task) != 1:
+        return labels.get(agent, "Also")
+    text = task.strip().rstrip("?.! ")
+    return text[:1].upper() + text[1:] + "?"
 
 
 async def synthesize(state: SupportState, labels: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -23,14 +22,15 @@ from langchain_core.messages import AIMessage
 from langgraph.types import Command
 
 from graphs.state import Context, SupportState, turn_policy
-from graphs.support import build_support_graph, turn_input
+from graphs.support import SPECIALISTS, build_support_graph, turn_input
 from graphs.synthesis import compose, remember
+from switchboard import lifecycle
 from switchboard.access import Access, Principal, ReviewForbidden, ThreadNotFound
+from switchboard.lifecycle import RUNTIME_UNAVAILABLE, TurnResult, report_subtasks
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
 from tools import review
-from tools.models.local_llm import LocalRuntimeUnavailable
 from tools.observability.audit import build_turn_record
 from tools.review import ReviewError  # noqa: F401 - re-exported: what resume() raises for a bad decision
 from tools.vision.images import stash_local_image, uploads_dir
@@ -40,20 +40,6 @@ __all__ = ["NoPendingReview", "ReviewError", "ReviewForbidden", "ReviewPending",
            "TurnResult"]
 
 log = logging.getLogger("switchboard.api")
-
-RUNTIME_UNAVAILABLE = LocalRuntimeUnavailable.code
-
-
-def runtime_failure(results: list[dict[str, Any]]) -> str | None:
-    """The message to answer as an error when every part of a turn failed and a model runtime was
-    unavailable (its message names the cause and the fix); None when any part answered."""
-    if not results or any(r.get("ok") for r in results):
-        return None
-    for r in results:
-        if (r.get("evidence") or {}).get("error_code") == RUNTIME_UNAVAILABLE:
-            return str(r.get("answer") or "")
-    return None
-
 
 class ReviewPending(RuntimeError):
     """The thread's last turn is paused for human review: resume it before asking again."""
@@ -66,92 +52,6 @@ class ReviewPending(RuntimeError):
 
 class NoPendingReview(LookupError):
     """A resume for a thread that is not paused."""
-
-
-@dataclass
-class SubtaskReport:
-    id: str
-    agent: str
-    task: str
-    model: str | None
-    tokens_in: int
-    tokens_out: int
-    cost_usd: float
-    latency_ms: int
-    ok: bool
-    route_reason: str
-
-
-@dataclass
-class TurnResult:
-    answer: str
-    thread_id: str
-    subtasks: list[SubtaskReport]
-    triage: dict[str, Any]
-    results: list[dict[str, Any]]
-    ledger: list[dict[str, Any]]
-    latency_ms: int
-    summary: str = ""
-    entities: dict[str, str] = field(default_factory=dict)
-    answer_id: str = ""  # the audit trail's key for this answer: pass it to Switchboard.feedback()
-    # a paused turn: the interrupts awaiting a reviewer, {"id", "kind", "question", ...} (tools/review.py);
-    # `answer` then says what is awaited, and Switchboard.resume() continues the turn
-    pending_review: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def paused(self) -> bool:
-        return bool(self.pending_review)
-
-    @property
-    def error(self) -> str | None:
-        """Why the turn could not be answered at all: every part failed because a model runtime is
-        unavailable (the local runtime's self-check failed, say). The message names the cause and
-        the fix; the doors answer it as an error (CLI exit 1, HTTP 503, the chat UI's error)."""
-        return runtime_failure(self.results)
-
-    @property
-    def cost_usd(self) -> float:
-        return round(sum(e["cost_usd"] for e in self.ledger), 8)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "answer": self.answer,
-            "thread_id": self.thread_id,
-            "subtasks": [
-                {k: v for k, v in asdict(s).items() if k in
-                 ("agent", "task", "model", "tokens_in", "tokens_out", "cost_usd", "latency_ms")}
-                for s in self.subtasks
-            ],
-            "cost_usd": self.cost_usd,
-            "latency_ms": self.latency_ms,
-            "llm_calls": len(self.ledger),
-            "pending_review": self.pending_review,
-            "error": self.error,
-        }
-
-
-def report_subtasks(state: dict[str, Any]) -> list[SubtaskReport]:
-    ledger = state.get("ledger") or []
-    results = {r["subtask_id"]: r for r in state.get("results") or []}
-    out = []
-    for s in state.get("subtasks") or []:
-        calls = [e for e in ledger if e.get("subtask_id") == s["id"]]
-        r = results.get(s["id"], {})
-        out.append(
-            SubtaskReport(
-                id=s["id"],
-                agent=s["agent"],
-                task=s["task"],
-                model=calls[-1]["model"] if calls else None,
-                tokens_in=sum(e["tokens_in"] for e in calls),
-                tokens_out=sum(e["tokens_out"] for e in calls),
-                cost_usd=round(sum(e["cost_usd"] for e in calls), 8),
-                latency_ms=(r.get("evidence") or {}).get("elapsed_ms", 0),
-                ok=bool(r.get("ok")),
-                route_reason=s["reason"],
-            )
-        )
-    return out
 
 
 class Switchboard:
@@ -182,11 +82,28 @@ class Switchboard:
         policy: str | None = None,
         principal: Principal | None = None,
     ) -> TurnResult:
-        """Answer one turn. A turn that pauses for human review comes back with ``pending_review``
-        set (continue it with :meth:`resume`); asking again on a paused thread raises
-        :class:`ReviewPending`. A turn that a crash left part-way is finished first (its answer
-        goes into the conversation and the audit trail), so no question is silently dropped.
-        A ``thread_id`` owned by another principal raises :class:`ThreadNotFound`."""
+        """Answer one turn: :meth:`stream`, collected. A turn that pauses for human review comes
+        back with ``pending_review`` set (continue it with :meth:`resume`); asking again on a paused
+        thread raises :class:`ReviewPending`. A turn that a crash left part-way is finished first
+        (its answer goes into the conversation and the audit trail), so no question is silently
+        dropped. A ``thread_id`` owned by another principal raises :class:`ThreadNotFound`."""
+        return await _collect(self.stream(question, thread_id=thread_id, image=image, policy=policy,
+                                          principal=principal))
+
+    async def stream(
+        self,
+        question: str,
+        *,
+        thread_id: str | None = None,
+        image: str | Path | None = None,
+        policy: str | None = None,
+        principal: Principal | None = None,
+    ) -> AsyncIterator[lifecycle.Event]:
+        """Answer one turn as events (``switchboard/lifecycle.py``): the triage decision, each part
+        as it starts, its answer tokens as its model writes them, each part as it finishes, and how
+        the turn ended (``Answer``, ``Paused`` or ``Failed``, each with the ``TurnResult``).
+        Stopping the iteration (``aclose``, a cancelled task) cancels the turn's model calls; the
+        checkpoint keeps what finished, and :meth:`stop` closes the turn when its asker stopped it."""
         fresh = thread_id is None
         thread_id = thread_id or uuid.uuid4().hex
         await self.access.check_turn(self.graph, thread_id, principal or self.principal)
@@ -196,24 +113,59 @@ class Switchboard:
                 raise ReviewPending(thread_id, pending)
             if _cut_off(snapshot):
                 log.warning("thread %s has an unfinished turn (crash?): finishing it before the new one", thread_id)
-                await self.finish_cut_off(snapshot, thread_id)
+                async for event in RecoveryGuard(self.graph, self.services).finish_events(
+                        snapshot, thread_id, lambda: self._run(None, thread_id, turn_policy(
+                            snapshot.values, self.services.settings.routing_policy), earlier=True)):
+                    yield event
+                if pending := review.pending_reviews(await self.graph.aget_state(_config(thread_id))):
+                    raise ReviewPending(thread_id, pending)  # the finished turn paused: decide it first
         if image:  # the graph opens only uploads: a local caller's file is copied in (tools/vision/images.py)
             image = await asyncio.to_thread(stash_local_image, image, uploads_dir(self.services.settings.data_dir))
+        async for event in self._run(turn_input(question, str(image) if image else None), thread_id,
+                                     policy or self.services.settings.routing_policy):
+            yield event
+
+    async def _run(self, graph_input: Any, thread_id: str, policy: str, *, earlier: bool = False,
+                   skip: frozenset[str] = frozenset()) -> AsyncIterator[lifecycle.Event]:
+        """Run the graph on ``graph_input`` (a question, a reviewer's ``Command``, or ``None`` to go
+        on from a checkpoint) and yield its events; the last is how the turn ended."""
         started = time.monotonic()
-        state = await self.graph.ainvoke(
-            turn_input(question, str(image) if image else None),
-            config=_config(thread_id),
-            context=Context(policy=policy or self.services.settings.routing_policy),
-        )
-        return await self._turn_result(state, thread_id, started)
+        config = _config(thread_id)
+        events = lifecycle.TurnEvents(frozenset(s.name for s in SPECIALISTS), skip=skip)
+        stream = self.graph.astream(graph_input, config=config, context=Context(policy=policy),
+                                    stream_mode=lifecycle.STREAM_MODES)
+        try:
+            async for mode, chunk in stream:
+                for event in events.feed(mode, chunk):
+                    yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            await stream.aclose()  # cancels the model calls still running; the checkpoint keeps what finished
+            raise
+        turn = await self._turn_result(await self.graph.aget_state(config), thread_id, started)
+        if turn.paused:
+            yield lifecycle.Paused(turn)
+        elif turn.error:
+            yield lifecycle.Failed(turn.error, RUNTIME_UNAVAILABLE, turn)
+        else:
+            yield lifecycle.Answer(turn, earlier=earlier)
+
+    async def stop(self, thread_id: str, *, principal: Principal | None = None) -> str | None:
+        """Close a turn its asker stopped (the chat's stop button, an HTTP client that went away)
+        once its stream was cancelled: it ends with what its finished parts found, so the next
+        message starts afresh instead of finishing it. (A turn cut off by a crash or a shutdown is
+        left as it is: the next message finishes it.) Returns the closing answer, if there was one."""
+        await self.access.check_turn(self.graph, thread_id, principal or self.principal)
+        snapshot = await self.graph.aget_state(_config(thread_id))
+        if not _cut_off(snapshot):
+            return None
+        return await RecoveryGuard(self.graph, self.services).close_failed(snapshot, thread_id,
+                                                                          "you stopped it")
 
     async def _continue(self, snapshot: Any, thread_id: str, graph_input: Any) -> TurnResult:
         """Run a stopped turn on from its checkpoint -- a reviewer's ``Command``, or ``None`` after
         a crash -- under the routing policy it started with."""
         policy = turn_policy(snapshot.values, self.services.settings.routing_policy)
-        started = time.monotonic()
-        state = await self.graph.ainvoke(graph_input, config=_config(thread_id), context=Context(policy=policy))
-        return await self._turn_result(state, thread_id, started)
+        return await _collect(self._run(graph_input, thread_id, policy, skip=_reused_tasks(snapshot)))
 
     # --- human review (tools/review.py): a turn paused by interrupt() -------------------------
     async def pending_reviews(self, thread_id: str, *, principal: Principal | None = None) -> list[dict[str, Any]]:
@@ -225,7 +177,8 @@ class Switchboard:
 
     async def resume(self, thread_id: str, decision: dict[str, Any] | str = "approve", *,
                      interrupt_id: str | None = None, principal: Principal | None = None) -> TurnResult:
-        """Continue a paused turn with a reviewer's decision (``Command(resume={id: value})``).
+        """Continue a paused turn with a reviewer's decision (``Command(resume={id: value})``):
+        :meth:`resume_stream`, collected.
 
         ``decision`` is ``"approve"``/``"reject"``, ``{"action": "approve"|"reject"|"edit", "sql": ...}``
         (an approval runs the query the reviewer was shown; an edit runs ``sql``), or a map
@@ -234,6 +187,12 @@ class Switchboard:
         Raises :class:`NoPendingReview` if nothing waits, :class:`ReviewError` for a bad decision,
         :class:`ThreadNotFound` / :class:`ReviewForbidden` when ``principal`` may not decide it
         (separation of duties, ``switchboard/access.py``). Each decision goes to the audit trail."""
+        return await _collect(self.resume_stream(thread_id, decision, interrupt_id=interrupt_id, principal=principal))
+
+    async def resume_stream(self, thread_id: str, decision: dict[str, Any] | str = "approve", *,
+                            interrupt_id: str | None = None,
+                            principal: Principal | None = None) -> AsyncIterator[lifecycle.Event]:
+        """:meth:`resume` as events, like :meth:`stream`."""
         who = principal or self.principal
         owner = await self.access.check_review(self.graph, thread_id, who)
         snapshot = await self.graph.aget_state(_config(thread_id))
@@ -242,14 +201,15 @@ class Switchboard:
             raise NoPendingReview(f"conversation {thread_id!r} has no turn waiting for review")
         values = review.resume_map(pending, decision, interrupt_id)
         await record_decisions(self.services.audit, thread_id, pending, values, who, owner)
-        return await self._continue(snapshot, thread_id, Command(resume=values))
+        async for event in self._run(Command(resume=values), thread_id,
+                                     turn_policy(snapshot.values, self.services.settings.routing_policy),
+                                     skip=_reused_tasks(snapshot)):
+            yield event
 
-    async def _turn_result(self, state: dict[str, Any], thread_id: str, started: float) -> TurnResult:
-        pending: list[dict[str, Any]] = []
-        if "__interrupt__" in state:  # paused: the values are the last checkpoint's, not an answer
-            snapshot = await self.graph.aget_state(_config(thread_id))
-            pending = review.pending_reviews(snapshot)
-            state = dict(snapshot.values)
+    async def _turn_result(self, snapshot: Any, thread_id: str, started: float) -> TurnResult:
+        """The turn as its last checkpoint has it: answered, or paused for review."""
+        pending = review.pending_reviews(snapshot)
+        state = dict(snapshot.values or {})
         return TurnResult(
             answer=review.paused_answer(pending) if pending else state.get("answer", ""),
             thread_id=thread_id,
@@ -301,13 +261,26 @@ class Switchboard:
             raise LookupError(f"thread {thread_id!r} has no unfinished turn to recover")
         finished = await self.finish_cut_off(snapshot, thread_id)  # it may pause for review, too
         if finished is None:  # closed as failed: report the closing answer
-            return await self._turn_result(dict((await self.graph.aget_state(_config(thread_id))).values),
-                                           thread_id, time.monotonic())
+            return await self._turn_result(await self.graph.aget_state(_config(thread_id)), thread_id,
+                                           time.monotonic())
         return finished
 
 
 MAX_RECOVERY_ATTEMPTS = 2
+EARLIER_NOTICE = "First, the answer to your previous question, which was interrupted:"
 T = TypeVar("T")
+
+
+async def _collect(events: AsyncIterator[lifecycle.Event]) -> TurnResult:
+    """The result of a streamed turn: how it ended (not a cut-off turn finished before it)."""
+    turn: TurnResult | None = None
+    async for event in events:
+        if isinstance(event, lifecycle.Answer) and not event.earlier or isinstance(
+                event, (lifecycle.Paused, lifecycle.Failed)):
+            turn = event.turn
+    if turn is None:
+        raise RuntimeError("the turn ended without an answer")
+    return turn
 
 
 class RetryFailed(RuntimeError):
@@ -343,6 +316,23 @@ class RecoveryGuard:
             if not isinstance(exc, RetryFailed):  # a door that already showed the failure names no exception
                 why += f" ({type(exc).__name__})"
             return None, await self.close_failed(await self.graph.aget_state(_config(thread_id)), thread_id, why)
+
+    async def finish_events(self, snapshot: Any, thread_id: str,
+                            run: Callable[[], AsyncIterator[lifecycle.Event]]) -> AsyncIterator[lifecycle.Event]:
+        """:meth:`finish` for a door that streams: a notice, then the cut-off turn's own events
+        (its ``Answer`` has ``earlier`` set), or a notice with the closing answer."""
+        if not await self.may_try(snapshot, thread_id):
+            yield lifecycle.Notice(await self.close_failed(snapshot, thread_id,
+                                                           "it stopped part-way again when it was retried"))
+            return
+        yield lifecycle.Notice(EARLIER_NOTICE)
+        try:
+            async for event in run():
+                yield event
+        except Exception as exc:  # noqa: BLE001 - closed as failed and logged: never the same crash twice
+            log.exception("thread %s: the unfinished turn failed again; closing it as failed", thread_id)
+            yield lifecycle.Notice(await self.close_failed(await self.graph.aget_state(_config(thread_id)), thread_id,
+                                                           f"it failed again when it was retried ({type(exc).__name__})"))
 
     async def close_failed(self, snapshot: Any, thread_id: str, why: str) -> str:
         """End the cut-off turn with an answer that says it failed and keeps what finished parts
@@ -386,6 +376,11 @@ async def record_decisions(audit: Any, thread_id: str, pending: list[dict[str, A
 
 def _config(thread_id: str) -> dict[str, Any]:
     return {"configurable": {"thread_id": thread_id}}
+
+
+def _reused_tasks(snapshot: Any) -> frozenset[str]:
+    """Tasks of a stopped turn that finished: going on, LangGraph reuses their results."""
+    return frozenset(t.id for t in snapshot.tasks if t.result is not None and not t.interrupts)
 
 
 def _cut_off(snapshot: Any) -> bool:

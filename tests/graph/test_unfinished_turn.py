@@ -58,10 +58,15 @@ async def test_a_cut_off_turn_that_fails_again_is_closed_as_failed_keeping_what_
                                                                                           monkeypatch):
     board, config, _ = await cut_off_turn(make_settings, "again")
 
-    async def retry_fails(*args, **kwargs):
-        raise RuntimeError("the same crash")
+    real_run = board._run
 
-    monkeypatch.setattr(board, "_continue", retry_fails)
+    async def retry_fails(graph_input, *args, **kwargs):  # the retry of the cut-off turn crashes again
+        if graph_input is None:
+            raise RuntimeError("the same crash")
+        async for event in real_run(graph_input, *args, **kwargs):
+            yield event
+
+    monkeypatch.setattr(board, "_run", retry_fails)
     new = await board.ask("Hello!", thread_id="again")
     assert new.answer == "Hello! How can I help?"  # the next question is answered
     assert not await board.unfinished("again")
@@ -79,10 +84,14 @@ async def test_a_cut_off_turn_is_not_retried_after_it_stopped_the_process_twice(
     for _ in range(2):  # two retries that each died with the process (counted before they ran)
         board.services.audit.count_recovery_attempt("twice", checkpoint)
 
-    async def must_not_retry(*args, **kwargs):
-        raise AssertionError("retried a third time")
+    real_run = board._run
 
-    monkeypatch.setattr(board, "_continue", must_not_retry)
+    async def must_not_retry(graph_input, *args, **kwargs):
+        assert graph_input is not None, "retried a third time"
+        async for event in real_run(graph_input, *args, **kwargs):
+            yield event
+
+    monkeypatch.setattr(board, "_run", must_not_retry)
     new = await board.ask("Hello!", thread_id="twice")
     assert new.answer == "Hello! How can I help?"
     texts = [str(m.content) for m in (await board.graph.aget_state(config)).values["messages"]]

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import RunnableConfig
 
 from tools.models.ledger import Ledger, day_of
 from tools.models.local_llm import LocalRuntimeUnavailable, check_fits
 from tools.models.recording import message_dicts
 from tools.models.registry import current_thread_id
-from tools.models.values import LedgerEntry, ModelSpec
+from tools.models.values import AnswerSink, LedgerEntry, ModelSpec
 from tools.observability import metrics, telemetry
 
 if TYPE_CHECKING:
@@ -230,7 +231,11 @@ class ModelGateway:
     # --- the call --------------------------------------------------------------------------
     async def call(self, handle: ModelHandle, messages: list[BaseMessage], *, agent: str, task: str,
                    max_tokens: int, stop: list[str] | None, subtask_id: str,
-                   note: str = "") -> tuple[AIMessage, LedgerEntry]:
+                   note: str = "", answer: AnswerSink | None = None) -> tuple[AIMessage, LedgerEntry]:
+        """One model call. ``answer``: its text is the user's answer, and its tokens go there as they
+        arrive (``agents/streaming.py``); other calls (a SQL query, triage, validation) stream only
+        to LangGraph's ``messages`` mode, for the steps."""
+        visible = answer is not None
         thread_id = current_thread_id()
         notes: list[str] = [note] if note else []
         # a cached answer is free: looked up before a budget or a cost review could refuse or pause it
@@ -254,6 +259,10 @@ class ModelGateway:
             with telemetry.model_call_span(spec, agent=agent, max_tokens=max_tokens, thread_id=thread_id,
                                            subtask_id=subtask_id, cached=True) as call:
                 call.succeeded(entry)
+            announce({"switchboard": "call", "subtask_id": subtask_id, "agent": agent, "model": spec.name,
+                      "tier": spec.tier, "visible": visible, "cached": True})
+            if answer is not None:  # arrives at once
+                await answer.cached(content)
             return AIMessage(content=content, response_metadata={"cached": True}), entry
 
         candidates = [spec.name, *spec.fallbacks]
@@ -269,11 +278,17 @@ class ModelGateway:
             if cand.provider == "llamacpp":  # its context is Settings.local_ctx: refuse clearly, before loading it
                 check_fits(estimate_tokens(messages), max_tokens, self.settings.local_ctx)
             started = time.monotonic()
+            # a door streaming this part restarts it on a fallback: no half-answer of a failed model stays
+            announce({"switchboard": "call", "subtask_id": subtask_id, "agent": agent, "model": name,
+                      "tier": cand.tier, "visible": visible, "after": errors[-1] if errors else None})
+            if answer is not None:
+                await answer.start(name)
             # one span per provider attempt (a failed one says why; the next is the fallback)
             with telemetry.model_call_span(cand, agent=agent, max_tokens=max_tokens, thread_id=thread_id,
                                            subtask_id=subtask_id) as call:
                 try:
-                    full = await self._stream(self.registry.handle(name, role=agent), messages, max_tokens, stop)
+                    full = await self._stream(self.registry.handle(name, role=agent), messages, max_tokens, stop,
+                                              stream_config(subtask_id, agent, visible), answer)
                 except Exception as exc:  # noqa: BLE001 - classified below; unknown kinds re-raise
                     reason = failure_reason(exc)
                     if reason is None:
@@ -361,10 +376,13 @@ class ModelGateway:
 
     @staticmethod
     async def _stream(handle: ModelHandle, messages: list[BaseMessage], max_tokens: int,
-                      stop: list[str] | None) -> Any:
+                      stop: list[str] | None, config: RunnableConfig | None = None,
+                      answer: AnswerSink | None = None) -> Any:
         full = None
-        async for chunk in handle.chat.astream(messages, stop=stop, max_tokens=max_tokens):
+        async for chunk in handle.chat.astream(messages, config=config, stop=stop, max_tokens=max_tokens):
             full = chunk if full is None else full + chunk
+            if answer is not None and isinstance(chunk.content, str) and chunk.content:
+                await answer.token(chunk.content)
         if full is None or (not str(full.content) and not full.usage_metadata):
             raise json.JSONDecodeError("empty model response", "", 0)
         return full
@@ -388,6 +406,28 @@ class ModelGateway:
         return msg, entry
 
 
+ANSWER_TAG = "switchboard:answer"  # on a model call whose text is the user's answer
+
+
+def stream_config(subtask_id: str, agent: str, visible: bool) -> RunnableConfig:
+    """Tags and metadata for one call's stream: LangGraph's ``messages`` mode passes them with each
+    token, so a consumer (``switchboard/lifecycle.py``, a ``langgraph-sdk`` client) knows which part
+    a token belongs to and whether it is answer text."""
+    return {"tags": [ANSWER_TAG] if visible else [],
+            "metadata": {"switchboard_subtask": subtask_id, "switchboard_agent": agent, "switchboard_answer": visible}}
+
+
+def announce(event: dict[str, Any]) -> None:
+    """Tell a streaming consumer (LangGraph's ``custom`` mode) that a model call starts (which
+    part, which model and tier). A no-op outside a graph run or when nobody streams."""
+    try:
+        from langgraph.config import get_stream_writer
+
+        get_stream_writer()(event)
+    except RuntimeError:  # not inside a graph run (benchmarks, direct calls)
+        pass
+
+
 async def call_model(
     handle: ModelHandle,
     messages: list[BaseMessage],
@@ -399,16 +439,17 @@ async def call_model(
     subtask_id: str = "",
     note: str = "",
     escalated: bool = False,
+    answer: AnswerSink | None = None,
 ) -> tuple[AIMessage, LedgerEntry]:
     """Call a model (streaming, so UIs see tokens) through the gateway: cache, budget, fallback,
-    circuit breaker, and a ledger entry with tokens, cost and latency. ``note`` (an escalation's
+    circuit breaker, and a ledger entry with tokens, cost and latency. ``answer``: the part's answer stream (its text is the user's answer). ``note`` (an escalation's
     reason, say) is kept with the call in the ledger."""
     gateway = handle.registry.gateway
     if gateway is None:
         raise RuntimeError("this model registry has no gateway: build it with switchboard.services.Services")
     msg, entry = await gateway.call(
         handle, messages, agent=agent, task=task, max_tokens=max_tokens, stop=stop, subtask_id=subtask_id,
-        note=note,
+        note=note, answer=answer,
     )
     entry.escalated = escalated
     return msg, entry

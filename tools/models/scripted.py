@@ -9,6 +9,9 @@ what "the model" says and can inspect what it was sent.
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -25,6 +28,10 @@ class ScriptedChatModel(BaseChatModel):
     calls: list[list[BaseMessage]] = Field(default_factory=list)
     # awaited with the messages before each streamed reply: lets a test hold a call open
     before_reply: Callable[[list[BaseMessage]], Awaitable[None]] | None = None
+    # > 0: the async stream yields word by word, this many seconds apart (a model writing), and
+    # notes when each word was yielded (time.monotonic) in ``token_times``
+    token_delay_s: float = 0.0
+    token_times: list[float] = Field(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
@@ -51,8 +58,17 @@ class ScriptedChatModel(BaseChatModel):
                        **kw: Any) -> AsyncIterator[ChatGenerationChunk]:
         if self.before_reply is not None:
             await self.before_reply(messages)
-        for chunk in self._stream(messages, stop=stop, **kw):
-            yield chunk
+        if self.token_delay_s <= 0:
+            for chunk in self._stream(messages, stop=stop, **kw):
+                yield chunk
+            return
+        self.calls.append(messages)
+        text = self.respond(messages)
+        for word in re.findall(r"\S+\s*|\s+", text):
+            await asyncio.sleep(self.token_delay_s)
+            self.token_times.append(time.monotonic())
+            yield ChatGenerationChunk(message=AIMessageChunk(content=word))
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=self._usage(messages, text)))
 
 
 def by_system_prompt(rules: dict[str, str | Callable[[list[BaseMessage]], str]], default: str = "OK") -> Callable[[list[BaseMessage]], str]:

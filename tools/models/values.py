@@ -138,4 +138,17 @@ class Caller(Protocol):
     """What the registry's handles call through: the gateway (``tools.models.gateway``)."""
 
     async def call(self, handle: Any, messages: list[BaseMessage], *, agent: str, task: str, max_tokens: int,
-                   stop: list[str] | None, subtask_id: str, note: str = "") -> tuple[AIMessage, LedgerEntry]: ...
+                   stop: list[str] | None, subtask_id: str, note: str = "",
+                   answer: AnswerSink | None = None) -> tuple[AIMessage, LedgerEntry]: ...
+
+
+class AnswerSink(Protocol):
+    """Where the tokens of a call whose text is the user's answer go as they arrive
+    (``agents/streaming.py`` ``PartStream``): the gateway calls ``start`` before each attempt (a
+    fallback starts again), ``token`` per token, ``cached`` for an answer from the cache."""
+
+    async def start(self, model: str) -> None: ...
+
+    async def token(self, text: str) -> None: ...
+
+    async def cached(self, text: str) -> None: ...
