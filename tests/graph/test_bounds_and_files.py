@@ -280,21 +280,20 @@ def test_uploads_are_typed_by_content_never_by_the_claimed_type():
         assert what in exc.value.message
 
 
-def test_chat_ui_uploads_are_typed_by_content(tmp_path, monkeypatch):
-    import app
+def test_chat_ui_uploads_are_typed_by_content(tmp_path):
+    from switchboard.ui import uploads
 
-    monkeypatch.setattr(app, "upload_dir", lambda thread_id: tmp_path / "uploads" / thread_id)
     svg = tmp_path / "evil.svg"
     svg.write_bytes(SVG)
     png_named_jpg = tmp_path / "photo.jpg"
     png_named_jpg.write_bytes(INVOICE.read_bytes())
     lying = SimpleNamespace(id="e1", name="receipt.png", path=str(svg), mime="image/png")
     real = SimpleNamespace(id="e2", name="photo.jpg", path=str(png_named_jpg), mime="text/plain")
-    assert app.pick_attachment([lying, real]) is real  # by content, not by the claimed MIME type
-    assert app.stash_upload(real, "t").name == "photo.png"
-    assert app.pick_attachment([lying]) is lying
+    assert uploads.pick_attachment([lying, real]) is real  # by content, not by the claimed MIME type
+    assert uploads.stash_upload(real, tmp_path, "t").name == "photo.png"
+    assert uploads.pick_attachment([lying]) is lying
     with pytest.raises(ImageRejected, match="SVG"):
-        app.stash_upload(lying, "t")
+        uploads.stash_upload(lying, tmp_path, "t")
     assert not (tmp_path / "uploads" / "t" / "e1").exists()
 
 
