@@ -87,7 +87,7 @@ class Switchboard:
         thread raises :class:`ReviewPending`. A turn that a crash left part-way is finished first
         (its answer goes into the conversation and the audit trail), so no question is silently
         dropped. A ``thread_id`` owned by another principal raises :class:`ThreadNotFound`."""
-        return await _collect(self.stream(question, thread_id=thread_id, image=image, policy=policy,
+        return await collect(self.stream(question, thread_id=thread_id, image=image, policy=policy,
                                           principal=principal))
 
     async def stream(
@@ -165,7 +165,7 @@ class Switchboard:
         """Run a stopped turn on from its checkpoint -- a reviewer's ``Command``, or ``None`` after
         a crash -- under the routing policy it started with."""
         policy = turn_policy(snapshot.values, self.services.settings.routing_policy)
-        return await _collect(self._run(graph_input, thread_id, policy, skip=_reused_tasks(snapshot)))
+        return await collect(self._run(graph_input, thread_id, policy, skip=_reused_tasks(snapshot)))
 
     # --- human review (tools/review.py): a turn paused by interrupt() -------------------------
     async def pending_reviews(self, thread_id: str, *, principal: Principal | None = None) -> list[dict[str, Any]]:
@@ -187,7 +187,7 @@ class Switchboard:
         Raises :class:`NoPendingReview` if nothing waits, :class:`ReviewError` for a bad decision,
         :class:`ThreadNotFound` / :class:`ReviewForbidden` when ``principal`` may not decide it
         (separation of duties, ``switchboard/access.py``). Each decision goes to the audit trail."""
-        return await _collect(self.resume_stream(thread_id, decision, interrupt_id=interrupt_id, principal=principal))
+        return await collect(self.resume_stream(thread_id, decision, interrupt_id=interrupt_id, principal=principal))
 
     async def resume_stream(self, thread_id: str, decision: dict[str, Any] | str = "approve", *,
                             interrupt_id: str | None = None,
@@ -271,7 +271,7 @@ EARLIER_NOTICE = "First, the answer to your previous question, which was interru
 T = TypeVar("T")
 
 
-async def _collect(events: AsyncIterator[lifecycle.Event]) -> TurnResult:
+async def collect(events: AsyncIterator[lifecycle.Event]) -> TurnResult:
     """The result of a streamed turn: how it ended (not a cut-off turn finished before it)."""
     turn: TurnResult | None = None
     async for event in events:

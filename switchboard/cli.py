@@ -36,14 +36,18 @@ async def _ask(args: argparse.Namespace, settings: Settings) -> int:
 
     async with Switchboard.open(settings) as sb:
         try:
-            turn = await sb.ask(args.question, thread_id=args.thread, image=args.image, policy=args.policy)
+            if args.json:  # one JSON document at the end, as before
+                turn = await sb.ask(args.question, thread_id=args.thread, image=args.image, policy=args.policy)
+            else:
+                turn = await _stream_answer(sb.stream(args.question, thread_id=args.thread, image=args.image,
+                                                      policy=args.policy))
         except ReviewPending as exc:
             print(f"error: {exc}: switchboard resume {exc.thread_id} --approve|--reject|--edit SQL", file=sys.stderr)
             return 2
         except ThreadNotFound as exc:  # another principal's conversation (SWITCHBOARD_PRINCIPAL is who we are)
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    return _show(turn, args)
+    return _show(turn, args, streamed=not args.json)
 
 
 async def _recover(args: argparse.Namespace, settings: Settings) -> int:
@@ -59,23 +63,47 @@ async def _recover(args: argparse.Namespace, settings: Settings) -> int:
     return _show(turn, args)
 
 
-def _show(turn: Any, args: argparse.Namespace) -> int:
+async def _stream_answer(events: Any) -> Any:
+    """Print the answer as it is produced (switchboard/lifecycle.py TextStream); return the turn."""
+    from graphs.support import SPECIALISTS
+    from switchboard import lifecycle
+
+    labels = {cls.name: cls.label for cls in SPECIALISTS}
+    text, turn = lifecycle.TextStream(labels), None
+    async for event in events:
+        if isinstance(event, lifecycle.Notice):
+            print(event.text, flush=True)
+        elif isinstance(event, lifecycle.Answer) and event.earlier:  # a cut-off turn, finished first
+            print(text.rest(event.turn.answer) + "\n", flush=True)
+            text = lifecycle.TextStream(labels)
+        elif isinstance(event, (lifecycle.Answer, lifecycle.Paused, lifecycle.Failed)):
+            turn = event.turn
+            if isinstance(event, lifecycle.Answer):
+                print(text.rest(event.turn.answer), flush=True)
+            elif text.sent:
+                print(flush=True)
+        elif delta := text.feed(event):
+            print(delta, end="", flush=True)
+    return turn
+
+
+def _show(turn: Any, args: argparse.Namespace, streamed: bool = False) -> int:
     if args.json:
         _print_json(turn.as_json())
     elif not turn.error:
-        _print_turn(turn)
+        _print_turn(turn, answer=not streamed)
     if turn.error:  # nothing could be answered (the local runtime failed its self-check, say)
         print(f"error: {turn.error}", file=sys.stderr)
         return 1
     return 0
 
 
-def _print_turn(turn: Any) -> None:
+def _print_turn(turn: Any, answer: bool = True) -> None:
     from rich.console import Console
     from rich.markdown import Markdown
 
     console = Console()
-    if not getattr(turn, "pending_review", None):  # a paused turn's reviews are listed below instead
+    if answer and not getattr(turn, "pending_review", None):  # a paused turn's reviews are listed below instead
         console.print(Markdown(turn.answer))
     for s in turn.subtasks:
         console.print(

@@ -336,3 +336,54 @@ def layout(subtasks: list[dict[str, Any]], texts: dict[str, str], labels: dict[s
     tasks = [s["task"] for s in subtasks]
     return "\n\n".join(f"**{heading(s['task'], tasks, s['agent'], labels)}**\n{texts[s['id']]}"
                        for s in subtasks if s["id"] in texts)
+
+
+@dataclass
+class TextStream:
+    """The answer as plain text that only grows (an SSE stream, a terminal). One part streams as its
+    tokens come; several stream each part once it and the parts asked before it are done, laid out
+    as the final answer, so the streamed text equals the answer ``ask()`` returns."""
+
+    labels: dict[str, str]
+    subtasks: list[dict[str, Any]] | None = None
+    texts: dict[str, str] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+    sent: str = ""
+
+    def feed(self, event: Event) -> str:
+        """The text to send now (may be empty)."""
+        if isinstance(event, TriageDone):
+            self.subtasks = event.subtasks
+        elif isinstance(event, PartRestarted):
+            self.texts[event.subtask_id] = ""
+        elif isinstance(event, Token):
+            self.texts[event.subtask_id] = self.texts.get(event.subtask_id, "") + event.text
+        elif isinstance(event, PartFinished):
+            self.finished.add(event.subtask_id)
+        else:
+            return ""
+        subtasks = self.subtasks or []
+        if len(subtasks) == 1:
+            return self._send(self.texts.get(subtasks[0]["id"], ""), restart=isinstance(event, PartRestarted))
+        ready = []
+        for s in subtasks:  # the parts asked first, as far as they are all done
+            if s["id"] not in self.finished:
+                break
+            ready.append(s)
+        return self._send(layout(subtasks, {s["id"]: self.texts.get(s["id"], "") for s in ready}, self.labels)
+                          if ready else "")
+
+    def _send(self, text: str, restart: bool = False) -> str:
+        if text.startswith(self.sent):
+            delta, self.sent = text[len(self.sent):], text
+            return delta
+        if restart and self.sent:  # a fallback answers again: what was sent cannot be taken back, so say so
+            self.sent = ""
+            return "\n\n(The model failed mid-answer; another one answers:)\n\n"
+        return ""
+
+    def rest(self, answer: str) -> str:
+        """What is left to send of the finished answer."""
+        if answer.startswith(self.sent):
+            return answer[len(self.sent):]
+        return ("\n\n" if self.sent else "") + answer

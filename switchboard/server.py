@@ -15,7 +15,10 @@ Any OpenAI client can talk to it (``base_url=http://host:8000/v1``, ``api_key=ke
   One image per turn may be sent as an ``image_url`` part with a ``data:`` URL (never fetched
   from the web); it goes to the vision specialist, which validates it and explains a bad upload.
   ``stream: true`` sends ``chat.completion.chunk`` events ending with ``data: [DONE]``: a role
-  chunk at once, keep-alive comments while the specialists work, then the composed answer.
+  chunk at once, then the answer as it is produced (a one-part turn: the specialist's own tokens;
+  several parts: each part once it and the parts before it are done), keep-alive comments while
+  nothing is; the streamed text equals the non-streamed answer. A SQL part's sentence needs its
+  query's result, so it arrives whole. A client that disconnects cancels the turn.
 * ``GET /v1/threads/{id}`` — the conversation: messages, and per turn its routes and costs.
 * Human review (``tools/review.py``): a turn that pauses for a reviewer (a query reading sensitive
   columns, a heavy model call past the review cost) answers with what it waits for, and its
@@ -57,7 +60,7 @@ import shutil
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +73,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from graphs.support import SPECIALISTS
+from switchboard import lifecycle
 from switchboard.access import HTTP, Principal, ReviewForbidden, ThreadNotFound
 from switchboard.api import (
     RUNTIME_UNAVAILABLE,
@@ -78,6 +83,7 @@ from switchboard.api import (
     ReviewPending,
     Switchboard,
     TurnResult,
+    collect,
     report_subtasks,
 )
 from switchboard.settings import Settings
@@ -87,6 +93,7 @@ from tools.observability import metrics
 from tools.vision.images import MAX_BYTES as MAX_IMAGE_BYTES
 from tools.vision.images import ImageRejected, sniff_upload
 
+LABELS = {cls.name: cls.label for cls in SPECIALISTS}  # how a combined answer introduces each part
 log = logging.getLogger("switchboard.server")
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -529,19 +536,28 @@ def _save_upload(uploads: Path, data: bytes, mime: str | None) -> Path:
     return path
 
 
-async def run_turn(board: Switchboard, locks: ConversationLocks, turn: UserTurn, conversation: str,
-                   policy: str, principal: Principal | None = None) -> TurnResult:
-    """Answer one turn. The upload lives only while the turn runs (it may be a private receipt)."""
+async def turn_events(board: Switchboard, locks: ConversationLocks, turn: UserTurn, conversation: str,
+                      policy: str, principal: Principal | None = None) -> AsyncGenerator[lifecycle.Event, None]:
+    """One turn's events (``Switchboard.stream``), one turn per conversation at a time. The upload
+    lives only while the turn runs (it may be a private receipt)."""
     async with locks.get(conversation):
         upload = None
         if turn.image is not None:
             uploads = board.services.settings.data_dir / "uploads"
             upload = await asyncio.to_thread(_save_upload, uploads, turn.image, turn.image_mime)
         try:
-            return await board.ask(turn.text, thread_id=conversation, image=upload, policy=policy, principal=principal)
+            async for event in board.stream(turn.text, thread_id=conversation, image=upload, policy=policy,
+                                            principal=principal):
+                yield event
         finally:
             if upload is not None:
                 await asyncio.to_thread(shutil.rmtree, upload.parent, True)
+
+
+async def run_turn(board: Switchboard, locks: ConversationLocks, turn: UserTurn, conversation: str,
+                   policy: str, principal: Principal | None = None) -> TurnResult:
+    """Answer one turn: :func:`turn_events`, collected."""
+    return await collect(turn_events(board, locks, turn, conversation, policy, principal))
 
 
 def route_views(subtasks: list[dict[str, Any]], ledger: list[dict[str, Any]],
@@ -595,39 +611,64 @@ def _chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | 
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
 
-async def stream_turn(task: asyncio.Task[TurnResult], completion_id: str, model: str,
-                      include_usage: bool) -> AsyncIterator[str]:
-    """SSE for one turn. The answer is composed from the specialists' parts only once they are
-    all done, so the role chunk goes out at once and comments keep the connection alive until then."""
+async def stream_turn(events: AsyncGenerator[lifecycle.Event, None], completion_id: str, model: str,
+                      include_usage: bool, on_stop: Any) -> AsyncIterator[str]:
+    """SSE for one turn: a role chunk at once, then the answer's text as it is produced (keep-alive
+    comments while nothing is), then a final chunk with the ``switchboard`` block. A client that
+    goes away cancels the turn (its model calls stop) and ``on_stop()`` closes it with what finished."""
     yield _sse(_chunk(completion_id, model, {"role": "assistant", "content": ""}))
-    while not task.done():
-        await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
-        if not task.done():
-            yield ": keep-alive\n\n"
-    if task.cancelled() or task.exception() is not None:  # logged by _log_failure
+    text = lifecycle.TextStream(LABELS)
+    result: TurnResult | None = None
+    failure: lifecycle.Failed | None = None
+    iterator = events
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(iterator))
+            try:
+                while not (await asyncio.wait({step}, timeout=KEEPALIVE_SECONDS))[0]:
+                    yield ": keep-alive\n\n"
+                event = step.result()
+            except StopAsyncIteration:
+                break
+            finally:
+                step.cancel()
+            if isinstance(event, (lifecycle.Answer, lifecycle.Paused)):
+                if not getattr(event, "earlier", False):
+                    result = event.turn
+                continue
+            if isinstance(event, lifecycle.Failed):
+                failure = event
+                continue
+            if isinstance(event, lifecycle.Notice):
+                continue
+            if delta := text.feed(event):
+                yield _sse(_chunk(completion_id, model, {"content": delta}))
+    except asyncio.CancelledError:  # the client went away: stop the turn's model calls, keep what finished
+        await iterator.aclose()
+        await asyncio.shield(on_stop())
+        raise
+    except Exception:  # noqa: BLE001 - logged; the client gets OpenAI's error shape, never a trace
+        log.exception("streamed turn %s failed", completion_id)
         yield _sse({"error": {"message": TURN_FAILED, "type": "server_error", "param": None, "code": "internal_error"}})
         yield "data: [DONE]\n\n"
         return
-    result = task.result()
-    if result.error:  # no model could run: an error event in OpenAI's shape, with the cause and the fix
-        yield _sse({"error": {"message": result.error, "type": "server_error", "param": None,
-                              "code": RUNTIME_UNAVAILABLE}})
+    if failure is not None:  # no model could run: an error event in OpenAI's shape, with the cause and the fix
+        yield _sse({"error": {"message": failure.message, "type": "server_error", "param": None,
+                              "code": failure.code}})
         yield "data: [DONE]\n\n"
         return
-    for piece in re.findall(r"\S+\s*|\s+", result.answer):
-        yield _sse(_chunk(completion_id, model, {"content": piece}))
+    if result is None:
+        yield _sse({"error": {"message": TURN_FAILED, "type": "server_error", "param": None, "code": "internal_error"}})
+        yield "data: [DONE]\n\n"
+        return
+    if rest := text.rest(result.answer):
+        yield _sse(_chunk(completion_id, model, {"content": rest}))
     final = _chunk(completion_id, model, {}, "stop")
     final["switchboard"] = switchboard_block(result)
     yield _sse(final)
     if include_usage:
         yield _sse({**_chunk(completion_id, model, {}), "choices": [], "usage": usage(result.ledger)})
     yield "data: [DONE]\n\n"
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    """Log a streamed turn that failed; this runs even when the client has already gone."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("streamed turn failed", exc_info=exc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -789,7 +830,6 @@ def create_app(
     app = FastAPI(title="Switchboard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.locks = ConversationLocks()
     app.state.user_key = user_id_key(server, settings.data_dir)
-    app.state.background = set()
     _install_error_handlers(app)
     authed = [Depends(make_auth_dependency(keys, settings))]
 
@@ -840,13 +880,17 @@ def create_app(
             if result.error:  # no model could run (the local runtime failed its self-check): say why
                 raise APIError(503, result.error, type="server_error", code=RUNTIME_UNAVAILABLE, headers=headers)
             return JSONResponse(completion_body(result, turn.completion_id, turn.model), headers=headers)
-        # the turn runs as its own task: a client that disconnects mid-stream does not cut a turn
-        # (and its checkpoint) in half
-        task = asyncio.create_task(run_turn(board, locks, turn.turn, turn.conversation, turn.policy, caller))
-        request.app.state.background.add(task)
-        task.add_done_callback(request.app.state.background.discard)
-        task.add_done_callback(_log_failure)
-        return StreamingResponse(stream_turn(task, turn.completion_id, turn.model, turn.include_usage),
+        # the turn runs inside the response: a client that disconnects cancels its model calls, and
+        # the turn is closed with what its finished parts found (Switchboard.stop)
+        events = turn_events(board, locks, turn.turn, turn.conversation, turn.policy, caller)
+
+        async def stop() -> None:
+            try:
+                await board.stop(turn.conversation, principal=caller)
+            except Exception:  # noqa: BLE001 - the next message finishes a turn left open
+                log.exception("could not close the stopped turn on %s", turn.conversation)
+
+        return StreamingResponse(stream_turn(events, turn.completion_id, turn.model, turn.include_usage, stop),
                                  media_type="text/event-stream",
                                  headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -312,10 +312,11 @@ def test_malformed_and_invalid_bodies_get_clear_json_errors(stack: Stack) -> Non
 
 def test_an_internal_failure_is_generic_both_plain_and_streamed(stack: Stack, client: openai.OpenAI,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    async def broken(*args: Any, **kwargs: Any) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internal detail")
+        yield  # an async generator, like Switchboard.stream, which both kinds of request use
 
-    monkeypatch.setattr(stack.board, "ask", broken)
+    monkeypatch.setattr(stack.board, "stream", broken)
     logging.getLogger("uvicorn.error").disabled = True  # the expected traceback; it is still logged normally
     try:
         with pytest.raises(openai.InternalServerError) as exc:
