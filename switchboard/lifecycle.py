@@ -25,6 +25,7 @@ from typing import Any
 
 from graphs.synthesis import heading
 from tools.models.local_llm import LocalRuntimeUnavailable
+from tools.observability.records import ledger_cost
 
 RUNTIME_UNAVAILABLE = LocalRuntimeUnavailable.code
 
@@ -83,7 +84,7 @@ class TurnResult:
 
     @property
     def cost_usd(self) -> float:
-        return round(sum(e["cost_usd"] for e in self.ledger), 8)
+        return ledger_cost(self.ledger)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -117,7 +118,7 @@ def report_subtasks(state: dict[str, Any]) -> list[SubtaskReport]:
                 model=calls[-1]["model"] if calls else None,
                 tokens_in=sum(e["tokens_in"] for e in calls),
                 tokens_out=sum(e["tokens_out"] for e in calls),
-                cost_usd=round(sum(e["cost_usd"] for e in calls), 8),
+                cost_usd=ledger_cost(calls),
                 latency_ms=(r.get("evidence") or {}).get("elapsed_ms", 0),
                 ok=bool(r.get("ok")),
                 route_reason=s["reason"],

@@ -90,6 +90,7 @@ from switchboard.settings import Settings
 from tools import review as review_tools
 from tools.models.values import POLICIES
 from tools.observability import metrics
+from tools.observability.records import ledger_cost
 from tools.vision.images import MAX_BYTES as MAX_IMAGE_BYTES
 from tools.vision.images import ImageRejected, sniff_upload
 
@@ -688,7 +689,7 @@ def _turn_view(values: dict[str, Any], created_at: str | None) -> dict[str, Any]
         "answer": values.get("answer", ""),
         "created_at": created_at,
         "routes": route_views(values.get("subtasks") or [], ledger, values.get("results") or []),
-        "cost_usd": round(sum(e.get("cost_usd", 0.0) for e in ledger), 8),
+        "cost_usd": ledger_cost(ledger),
         "llm_calls": len(ledger),
     }
 

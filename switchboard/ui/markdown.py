@@ -9,6 +9,7 @@ from typing import Any
 
 from switchboard.services import Services
 from tools import review
+from tools.observability.records import ledger_cost
 
 
 def _safe_url(url: str) -> str:
@@ -91,7 +92,7 @@ def specialist_markdown(result: dict[str, Any], ledger: list[dict[str, Any]], ra
     calls = [e for e in ledger if e.get("subtask_id") == result["subtask_id"]]
     model = calls[-1]["model"] if calls else ev.get("model")
     t_in, t_out = sum(e["tokens_in"] for e in calls), sum(e["tokens_out"] for e in calls)
-    cost = sum(e["cost_usd"] for e in calls)
+    cost = ledger_cost(calls)
     facts = [
         f"model `{model}`" if model else "no model call",
         f"{t_in} in / {t_out} out tokens",

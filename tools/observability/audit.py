@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from tools.observability.records import ledger_cost
 from tools.observability.stats import percentile
 
 log = logging.getLogger("switchboard.audit")
@@ -217,7 +218,7 @@ def build_turn_record(state: dict[str, Any], thread_id: str, turn_index: int, no
         turn_index=turn_index, policy=meta.get("policy", ""), question=_redact(state.get("question", "")),
         subtasks=subtasks,
         tokens_in=sum(c["tokens_in"] for c in calls), tokens_out=sum(c["tokens_out"] for c in calls),
-        cost_usd=round(sum(c["cost_usd"] for c in calls), 8),
+        cost_usd=ledger_cost(calls),
         latency_ms=max(0, round((now - float(started)) * 1000)),
         llm_calls=sum(1 for c in calls if not c["cached"]), cache_hits=sum(c["cached"] for c in calls),
         escalations=sum(len(s["escalations"]) for s in subtasks),

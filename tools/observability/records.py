@@ -3,7 +3,8 @@ them (``tools.models.values.ModelSpec`` and ``LedgerEntry`` satisfy these)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 
 class ModelInfo(Protocol):
@@ -41,3 +42,9 @@ class ModelCall(Protocol):
 
     @property
     def note(self) -> str: ...
+
+
+def ledger_cost(entries: Iterable[Mapping[str, Any]]) -> float:
+    """What a set of ledger entries (``LedgerEntry.as_dict()``) cost, in USD: the one sum every
+    report uses (a turn's answer, its parts, the audit trail, the thread view)."""
+    return round(sum(float(e.get("cost_usd") or 0.0) for e in entries), 8)

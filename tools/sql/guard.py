@@ -6,7 +6,7 @@ sqlglot (never matched with regexes, which comments and string literals defeat) 
 syntax tree is inspected. What the database finally runs is the normalised SQL regenerated from
 that tree, so what was checked is what runs.
 
-This is one of two independent layers: :mod:`tools.sql.database` also opens every connection
+This is one of two independent layers: :mod:`tools.sql.engines` also opens every connection
 read-only (SQLite ``mode=ro``, PostgreSQL read-only transactions and role), so a gap here still
 cannot change data.
 
