@@ -612,6 +612,21 @@ def _chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | 
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
 
+_STOPPING: set[asyncio.Future[None]] = set()  # turns being stopped (a task needs a reference until it ends)
+
+
+async def _stop_turn(step: asyncio.Future[Any] | None, events: AsyncGenerator[lifecycle.Event, None],
+                     on_stop: Any) -> None:
+    """Cancel a streamed turn and close it (``on_stop``). A pending ``anext`` is running the events
+    generator: it has to end (cancelled, which cancels the model calls) before the generator can
+    be closed, or ``aclose`` fails with "asynchronous generator is already running"."""
+    if step is not None and not step.done():
+        step.cancel()
+        await asyncio.wait({step})
+    await events.aclose()
+    await on_stop()
+
+
 async def stream_turn(events: AsyncGenerator[lifecycle.Event, None], completion_id: str, model: str,
                       include_usage: bool, on_stop: Any) -> AsyncIterator[str]:
     """SSE for one turn: a role chunk at once, then the answer's text as it is produced (keep-alive
@@ -622,6 +637,7 @@ async def stream_turn(events: AsyncGenerator[lifecycle.Event, None], completion_
     result: TurnResult | None = None
     failure: lifecycle.Failed | None = None
     iterator = events
+    step: asyncio.Future[lifecycle.Event] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(iterator))
@@ -645,8 +661,11 @@ async def stream_turn(events: AsyncGenerator[lifecycle.Event, None], completion_
             if delta := text.feed(event):
                 yield _sse(_chunk(completion_id, model, {"content": delta}))
     except asyncio.CancelledError:  # the client went away: stop the turn's model calls, keep what finished
-        await iterator.aclose()
-        await asyncio.shield(on_stop())
+        # in a task of its own: the server's cancel scope cancels every await of this one again
+        stopping = asyncio.ensure_future(_stop_turn(step, iterator, on_stop))
+        _STOPPING.add(stopping)
+        stopping.add_done_callback(_STOPPING.discard)
+        await asyncio.shield(stopping)
         raise
     except Exception:  # noqa: BLE001 - logged; the client gets OpenAI's error shape, never a trace
         log.exception("streamed turn %s failed", completion_id)

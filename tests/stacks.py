@@ -99,8 +99,9 @@ def vision_reply(messages: list[Any]) -> str:
     return VISION_ANSWER
 
 
-def scripted_board(settings: Settings) -> tuple[Switchboard, ScriptedChatModel, ScriptedChatModel]:
-    services, fake = scripted_services(settings)
+def scripted_board(settings: Settings, **rules: Any) -> tuple[Switchboard, ScriptedChatModel, ScriptedChatModel]:
+    """The HTTP door's board; ``rules`` replace the text model's replies (see ``scripted_services``)."""
+    services, fake = scripted_services(settings, **rules)
     vision = ScriptedChatModel(respond=vision_reply)
     services.registry.use_chat_model("vision-fake", vision)
     return Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services), fake, vision

@@ -167,6 +167,11 @@ async def show_turn(events: AsyncIterator[lifecycle.Event], view: TurnView) -> N
             if isinstance(event, lifecycle.Answer) and event.earlier:
                 view = TurnView(view.who, view.thread_id)
     except asyncio.CancelledError:
+        # the stop button cancels this task wherever it waits: while it shows an event (a message
+        # saved, sent), the turn's generator is suspended, and only closing it stops its model calls
+        # now (and before ``Switchboard.stop`` closes the turn), not when it is garbage-collected
+        if (aclose := getattr(events, "aclose", None)) is not None:
+            await aclose()
         await view.stopped()
         raise
     except Exception as exc:  # noqa: BLE001 - the UI boundary: show what broke, keep the session

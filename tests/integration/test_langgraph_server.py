@@ -124,3 +124,46 @@ def test_the_module_level_graph_has_no_checkpointer() -> None:
 
     assert graph.checkpointer is None
     assert set(graph.get_graph().nodes) >= {"triage", "sql", "rag", "vision", "general", "synthesize", "remember"}
+
+
+REFUND_QUESTION = "What's your refund policy?"
+
+
+async def test_langgraph_dev_streams_the_answer_as_message_chunks(langgraph_server: str) -> None:
+    """``stream_mode="messages-tuple"``: the SDK gets the answer's model tokens as message chunks, each
+    tagged with the part it belongs to (``tools/models/gateway.py`` ``stream_config``).
+
+    The cassette holds the real local model's answer to this request (the same exchange as in
+    ``tests/e2e/cassettes/chat.yaml``). Replay yields it word by word without delay, so this shows
+    the server forwards each token as its own event, not that they are spread in time (the
+    timing is proved at the HTTP door and in the browser: test_http_streaming.py, test_streaming_ui.py)."""
+    client = get_client(url=langgraph_server)
+    thread = await client.threads.create()
+    chunks: list[tuple[dict, dict]] = []
+    final: dict = {}
+    async for part in client.runs.stream(
+        thread["thread_id"], "support",
+        input={"question": REFUND_QUESTION, "image_path": None,
+               "messages": [{"role": "user", "content": REFUND_QUESTION}]},
+        context={"policy": "balanced"}, stream_mode=["messages-tuple", "values"],
+    ):
+        if part.event == "messages":
+            message, metadata = part.data
+            chunks.append((message, metadata))
+        elif part.event == "values":
+            final = part.data
+    answer = final["answer"]
+    assert "14 days" in answer and [s["agent"] for s in final["subtasks"]] == ["rag"]
+    tokens = [(m["content"], meta) for m, meta in chunks if meta.get("switchboard_answer")]
+    assert len(tokens) > 10  # word by word, not the finished answer in one piece
+    assert all(m["type"] == "AIMessageChunk" for m, meta in chunks if meta.get("switchboard_answer"))
+    assert {(meta["switchboard_agent"], meta["langgraph_node"]) for _, meta in tokens} == {("rag", "rag")}
+    # each token is answer text (the RAG specialist then adds citation markers before end marks) ...
+    words = [text.strip().rstrip(".,") for text, _ in tokens if text.strip() and "[" not in text]
+    assert words and all(word in answer for word in words)
+    raw = "".join(text for text, _ in tokens)
+    assert raw.split(".")[1].strip() in answer  # ... and together they are the answer as the model wrote it
+    # ... and they all came before the finished answer's message (from the synthesize node)
+    last_token = max(i for i, (_, meta) in enumerate(chunks) if meta.get("switchboard_answer"))
+    finished = next(i for i, (m, _) in enumerate(chunks) if m["content"] == answer)
+    assert last_token < finished and chunks[finished][1]["langgraph_node"] == "synthesize"
