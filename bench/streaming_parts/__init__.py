@@ -1,0 +1,1 @@
+"""Parts of bench/streaming.py: the questions and run plan, one module per door, the report."""
