@@ -10,21 +10,15 @@ server answers (it listens already: the time to start it is reported apart).
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from bench.streaming_parts.plan import (
-    REPO,
     TURN_TIMEOUT_S,
     VENV_BIN,
+    ServerDoor,
     Step,
-    door_env,
-    free_port,
-    stop,
-    wait_listening,
 )
 
 
@@ -69,36 +63,14 @@ def ask(base: str, step: Step) -> dict[str, Any]:
     return rec
 
 
-class HttpDoor:
+class HttpDoor(ServerDoor):
     """A fresh ``switchboard serve`` on a free port."""
 
-    name = "http"
+    name, label = "http", "switchboard serve"
 
-    def __init__(self, data_dir: Path, log_dir: Path) -> None:
-        self.data_dir, self.log_dir = data_dir, log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.start_s: float | None = None
+    def command(self, port: int) -> list[str]:
+        return [str(VENV_BIN / "switchboard"), "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--insecure-no-auth"]
 
-    def start(self) -> None:
-        self.port = free_port()
-        log = self.log_dir / f"http-{self.port}.log"
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen([str(VENV_BIN / "switchboard"), "serve", "--host", "127.0.0.1", "--port",
-                                          str(self.port), "--insecure-no-auth"], cwd=REPO, env=door_env(self.data_dir),
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self.start_s = wait_listening(self.proc, self.port, log, "switchboard serve")
-        except Exception:
-            self.stop()
-            raise
-
-    def ask(self, step: Step) -> dict[str, Any]:
-        rec = ask(f"http://127.0.0.1:{self.port}", step)
-        if self.start_s is not None:  # the first turn of this server
-            rec["server_start_s"], self.start_s = self.start_s, None
-        return rec
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self.proc = None
+    def ask_at(self, url: str, step: Step) -> dict[str, Any]:
+        return ask(url, step)

@@ -120,3 +120,46 @@ def tail(log: Path, n: int = 1500) -> str:
         return log.read_text(errors="replace")[-n:]
     except OSError:
         return "(no log)"
+
+
+class ServerDoor:
+    """A door that is a server: a fresh process on a free port (``command``), asked over
+    ``http://127.0.0.1:<port>`` by ``ask_at``; the first turn's record carries the server's
+    start-up time."""
+
+    name = ""
+    label = ""  # how errors name the process
+
+    def __init__(self, data_dir: Path, log_dir: Path) -> None:
+        self.data_dir, self.log_dir = data_dir, log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.start_s: float | None = None
+
+    def command(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def ask_at(self, url: str, step: Step) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.port = free_port()
+        log = self.log_dir / f"{self.name}-{self.port}.log"
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(self.command(self.port), cwd=REPO, env=door_env(self.data_dir),
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.start_s = wait_listening(self.proc, self.port, log, self.label)
+        except Exception:
+            self.stop()
+            raise
+
+    def ask(self, step: Step) -> dict[str, Any]:
+        rec = self.ask_at(f"http://127.0.0.1:{self.port}", step)
+        if self.start_s is not None:  # the first turn of this server
+            rec["server_start_s"], self.start_s = self.start_s, None
+        return rec
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.proc = None

@@ -14,19 +14,14 @@ start-up warm-up of the classifier and knowledge base may still run and then cou
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from bench.streaming_parts.plan import (
-    REPO,
     TURN_TIMEOUT_S,
     VENV_BIN,
+    ServerDoor,
     Step,
-    door_env,
-    free_port,
-    stop,
-    wait_listening,
 )
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -101,36 +96,17 @@ def ask(browser: Any, url: str, step: Step) -> dict[str, Any]:
     return rec
 
 
-class UiDoor:
+class UiDoor(ServerDoor):
     """A fresh ``chainlit run app.py`` on a free port; each turn in a new chat of ``browser``."""
 
-    name = "ui"
+    name, label = "ui", "chainlit run app.py"
 
     def __init__(self, browser: Any, data_dir: Path, log_dir: Path) -> None:
-        self.browser, self.data_dir, self.log_dir = browser, data_dir, log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.start_s: float | None = None
+        super().__init__(data_dir, log_dir)
+        self.browser = browser
 
-    def start(self) -> None:
-        self.port = free_port()
-        log = self.log_dir / f"ui-{self.port}.log"
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen([str(VENV_BIN / "chainlit"), "run", "app.py", "--headless", "--port",
-                                          str(self.port), "--host", "127.0.0.1"], cwd=REPO, env=door_env(self.data_dir),
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self.start_s = wait_listening(self.proc, self.port, log, "chainlit run app.py")
-        except Exception:
-            self.stop()
-            raise
+    def command(self, port: int) -> list[str]:
+        return [str(VENV_BIN / "chainlit"), "run", "app.py", "--headless", "--port", str(port), "--host", "127.0.0.1"]
 
-    def ask(self, step: Step) -> dict[str, Any]:
-        rec = ask(self.browser, f"http://127.0.0.1:{self.port}", step)
-        if self.start_s is not None:
-            rec["server_start_s"], self.start_s = self.start_s, None
-        return rec
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self.proc = None
+    def ask_at(self, url: str, step: Step) -> dict[str, Any]:
+        return ask(self.browser, url, step)
