@@ -1,7 +1,7 @@
 """One turn as a stream of typed events: what every door shows, from one place.
 
 :meth:`switchboard.api.Switchboard.stream` runs the graph with LangGraph's own streaming
-(``astream`` in the ``tasks``, ``updates``, ``custom`` and ``messages`` modes) and turns what it
+(``astream`` in the ``tasks``, ``custom`` and ``messages`` modes) and turns what it
 yields into these events, with :class:`TurnEvents`:
 
 * :class:`TriageDone` -- the turn's parts and why each went where it went;
@@ -206,7 +206,7 @@ class Failed:
 
 Event = (TriageDone | PartStarted | ModelCalled | Token | StepToken | PartRestarted | PartFinished | Notice
          | Paused | Answer | Failed)
-STREAM_MODES = ["tasks", "updates", "custom", "messages"]
+STREAM_MODES = ["tasks", "custom", "messages"]
 
 
 @dataclass
@@ -225,8 +225,6 @@ class TurnEvents:
     specialists: frozenset[str]
     skip: frozenset[str] = frozenset()  # task ids whose results a resumed run reuses (no new part)
     parts: dict[str, _Part] = field(default_factory=dict)
-    tasks: dict[str, str] = field(default_factory=dict)  # LangGraph task id -> subtask id
-    answer_id: str | None = None
 
     def feed(self, mode: str, chunk: Any) -> list[Event]:
         if mode == "tasks":
@@ -235,9 +233,6 @@ class TurnEvents:
             return self._custom(chunk)
         if mode == "messages":
             return self._message(*chunk)
-        if mode == "updates" and isinstance(chunk, dict) and "synthesize" in chunk:
-            for message in (chunk["synthesize"] or {}).get("messages") or []:
-                self.answer_id = getattr(message, "id", None) or self.answer_id
         return []
 
     def _part(self, subtask_id: str, agent: str) -> _Part:
@@ -257,7 +252,6 @@ class TurnEvents:
             return []
         if not finished:
             sub = (task.get("input") or {}).get("subtask") or {}
-            self.tasks[task["id"]] = sub.get("id", "")
             part = self._part(sub.get("id", ""), str(name))
             part.run = None
             return [PartStarted(sub.get("id", ""), str(name), sub.get("task", ""))]
