@@ -303,36 +303,39 @@ class RecoveryGuard:
         return attempts <= MAX_RECOVERY_ATTEMPTS
 
     async def finish(self, snapshot: Any, thread_id: str, run: Callable[[], Awaitable[T]]) -> tuple[T | None, str | None]:
-        """Finish the cut-off turn with ``run()`` (each door runs it its own way), unless it already
-        failed to finish ``MAX_RECOVERY_ATTEMPTS`` times; a run that raises closes it as failed.
+        """Finish the cut-off turn with ``run()``, unless it already failed to finish
+        ``MAX_RECOVERY_ATTEMPTS`` times; a run that raises closes it as failed.
         Returns ``(run's result, None)``, or ``(None, the closing answer)`` when it was closed."""
         if not await self.may_try(snapshot, thread_id):
-            return None, await self.close_failed(snapshot, thread_id, "it stopped part-way again when it was retried")
+            return None, await self._give_up(snapshot, thread_id)
         try:
             return await run(), None
         except Exception as exc:  # noqa: BLE001 - closed as failed and logged: never the same crash twice
-            log.exception("thread %s: the unfinished turn failed again; closing it as failed", thread_id)
-            why = "it failed again when it was retried"
-            if not isinstance(exc, RetryFailed):  # a door that already showed the failure names no exception
-                why += f" ({type(exc).__name__})"
-            return None, await self.close_failed(await self.graph.aget_state(_config(thread_id)), thread_id, why)
+            return None, await self._failed_again(exc, thread_id)
 
     async def finish_events(self, snapshot: Any, thread_id: str,
                             run: Callable[[], AsyncIterator[lifecycle.Event]]) -> AsyncIterator[lifecycle.Event]:
         """:meth:`finish` for a door that streams: a notice, then the cut-off turn's own events
         (its ``Answer`` has ``earlier`` set), or a notice with the closing answer."""
         if not await self.may_try(snapshot, thread_id):
-            yield lifecycle.Notice(await self.close_failed(snapshot, thread_id,
-                                                           "it stopped part-way again when it was retried"))
+            yield lifecycle.Notice(await self._give_up(snapshot, thread_id))
             return
         yield lifecycle.Notice(EARLIER_NOTICE)
         try:
             async for event in run():
                 yield event
         except Exception as exc:  # noqa: BLE001 - closed as failed and logged: never the same crash twice
-            log.exception("thread %s: the unfinished turn failed again; closing it as failed", thread_id)
-            yield lifecycle.Notice(await self.close_failed(await self.graph.aget_state(_config(thread_id)), thread_id,
-                                                           f"it failed again when it was retried ({type(exc).__name__})"))
+            yield lifecycle.Notice(await self._failed_again(exc, thread_id))
+
+    async def _give_up(self, snapshot: Any, thread_id: str) -> str:
+        return await self.close_failed(snapshot, thread_id, "it stopped part-way again when it was retried")
+
+    async def _failed_again(self, exc: Exception, thread_id: str) -> str:
+        log.exception("thread %s: the unfinished turn failed again; closing it as failed", thread_id, exc_info=exc)
+        why = "it failed again when it was retried"
+        if not isinstance(exc, RetryFailed):  # a caller that already showed the failure names no exception
+            why += f" ({type(exc).__name__})"
+        return await self.close_failed(await self.graph.aget_state(_config(thread_id)), thread_id, why)
 
     async def close_failed(self, snapshot: Any, thread_id: str, why: str) -> str:
         """End the cut-off turn with an answer that says it failed and keeps what finished parts
