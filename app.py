@@ -35,7 +35,7 @@ from chainlit.types import ThreadDict
 
 from graphs.support import build_support_graph
 from switchboard.access import Access, ReviewForbidden, ThreadNotFound
-from switchboard.api import ReviewPending, Switchboard
+from switchboard.api import Switchboard
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
@@ -259,8 +259,6 @@ async def on_message(message: cl.Message) -> None:
     except asyncio.CancelledError:  # the stop button: the model calls are cancelled; close the turn
         await asyncio.shield(board.stop(thread_id))
         raise
-    except ReviewPending as exc:  # the cut-off turn finished first and paused for review
-        await send_review(thread_id, exc.pending, who)
 
 
 # --- human review: a paused turn's buttons (switchboard/ui/reviews.py) --------------------------

@@ -17,6 +17,7 @@ import chainlit as cl
 from graphs.support import SPECIALISTS
 from switchboard import lifecycle
 from switchboard.access import Principal
+from switchboard.api import ReviewPending
 from switchboard.lifecycle import TurnResult
 from switchboard.ui.markdown import footer, specialist_markdown, triage_markdown
 from switchboard.ui.reviews import send_review
@@ -161,11 +162,16 @@ def _message_id(answer_id: str | None) -> str | None:
 async def show_turn(events: AsyncIterator[lifecycle.Event], view: TurnView) -> None:
     """Show a turn's events; a cut-off turn finished first gets its own reply, then the new one.
     A failure is shown and logged, and the session goes on."""
+    paused = False
     try:
         async for event in events:
             await view.on(event)
+            paused = paused or isinstance(event, lifecycle.Paused)
             if isinstance(event, lifecycle.Answer) and event.earlier:
                 view = TurnView(view.who, view.thread_id)
+    except ReviewPending as exc:  # the thread waits for a reviewer: not a failure of this turn
+        if not paused:  # (a cut-off turn finished first and paused: its review is shown already)
+            await send_review(view.thread_id, exc.pending, view.who)
     except asyncio.CancelledError:
         # the stop button cancels this task wherever it waits: while it shows an event (a message
         # saved, sent), the turn's generator is suspended, and only closing it stops its model calls
