@@ -607,6 +607,11 @@ def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+def _sse_error(message: str, code: str = "internal_error") -> str:
+    """An error event in OpenAI's shape, and the end of the stream."""
+    return _sse({"error": {"message": message, "type": "server_error", "param": None, "code": code}}) + "data: [DONE]\n\n"
+
+
 def _chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -669,17 +674,13 @@ async def stream_turn(events: AsyncGenerator[lifecycle.Event, None], completion_
         raise
     except Exception:  # noqa: BLE001 - logged; the client gets OpenAI's error shape, never a trace
         log.exception("streamed turn %s failed", completion_id)
-        yield _sse({"error": {"message": TURN_FAILED, "type": "server_error", "param": None, "code": "internal_error"}})
-        yield "data: [DONE]\n\n"
+        yield _sse_error(TURN_FAILED)
         return
     if failure is not None:  # no model could run: an error event in OpenAI's shape, with the cause and the fix
-        yield _sse({"error": {"message": failure.message, "type": "server_error", "param": None,
-                              "code": failure.code}})
-        yield "data: [DONE]\n\n"
+        yield _sse_error(failure.message, failure.code)
         return
     if result is None:
-        yield _sse({"error": {"message": TURN_FAILED, "type": "server_error", "param": None, "code": "internal_error"}})
-        yield "data: [DONE]\n\n"
+        yield _sse_error(TURN_FAILED)
         return
     if rest := text.rest(result.answer):
         yield _sse(_chunk(completion_id, model, {"content": rest}))
