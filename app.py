@@ -228,21 +228,12 @@ async def on_message(message: cl.Message) -> None:
     graph = await _graph()
     thread_id = cl.context.session.thread_id
     who = ui_principal(SETTINGS, UI_USERS)
-    try:  # the user's conversation, or a new one that becomes theirs; never another door's
-        await ACCESS.check_turn(graph, thread_id, who)
-    except ThreadNotFound:
-        log.warning("refused thread %s to UI user %s: not theirs", thread_id, who.name)
-        await cl.Message(content=NOT_FOUND).send()
-        return
-    policy = _valid_policy(cl.user_session.get("policy"))
-    config = {"configurable": {"thread_id": thread_id}}
-    if pending := review.pending_reviews(await graph.aget_state(config)):  # a paused turn is decided first
-        await cl.Message(content="This conversation is waiting for review: it continues once it is decided, "
-                                 "then ask again.").send()
-        await send_review(thread_id, pending, who)
-        return
     view = TurnView(who, thread_id)
     attachment = pick_attachment(message.elements)
+    # Switchboard.stream checks who is asking and a pending review before it reads the thread; an
+    # upload is checked here first, so nothing is stored for a thread this user may not continue
+    if attachment is not None and not await _may_continue(graph, thread_id, who):
+        return
     if attachment is not None:
         try:
             view.image_path = str(stash_upload(attachment, SETTINGS.data_dir, thread_id))
@@ -255,10 +246,33 @@ async def on_message(message: cl.Message) -> None:
     # one lifecycle for every door (switchboard/api.py): a turn a crash cut off is finished first
     board = Switchboard(graph, SERVICES, principal=who)
     try:
-        await show_turn(board.stream(question, thread_id=thread_id, image=view.image_path, policy=policy), view)
+        await show_turn(board.stream(question, thread_id=thread_id, image=view.image_path, policy=policy_of_session()),
+                        view)
+    except ThreadNotFound:  # the user's conversation, or a new one that becomes theirs; never another door's
+        log.warning("refused thread %s to UI user %s: not theirs", thread_id, who.name)
+        await cl.Message(content=NOT_FOUND).send()
     except asyncio.CancelledError:  # the stop button: the model calls are cancelled; close the turn
         await asyncio.shield(board.stop(thread_id))
         raise
+
+
+def policy_of_session() -> str:
+    return _valid_policy(cl.user_session.get("policy"))
+
+
+async def _may_continue(graph: Any, thread_id: str, who: Any) -> bool:
+    """The checks ``Switchboard.stream`` makes, for a turn that must store an upload first: this
+    user's conversation (or a new one), and not one paused for review (its buttons are shown)."""
+    try:
+        await ACCESS.check_turn(graph, thread_id, who)
+    except ThreadNotFound:
+        log.warning("refused thread %s to UI user %s: not theirs", thread_id, who.name)
+        await cl.Message(content=NOT_FOUND).send()
+        return False
+    if pending := review.pending_reviews(await graph.aget_state({"configurable": {"thread_id": thread_id}})):
+        await TurnView(who, thread_id).waiting_for_review(pending)
+        return False
+    return True
 
 
 # --- human review: a paused turn's buttons (switchboard/ui/reviews.py) --------------------------

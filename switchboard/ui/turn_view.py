@@ -16,7 +16,7 @@ import chainlit as cl
 
 from graphs.support import SPECIALISTS
 from switchboard import lifecycle
-from switchboard.access import Principal
+from switchboard.access import Principal, ThreadNotFound
 from switchboard.api import ReviewPending
 from switchboard.lifecycle import TurnResult
 from switchboard.ui.markdown import footer, specialist_markdown, triage_markdown
@@ -25,6 +25,7 @@ from switchboard.ui.reviews import send_review
 log = logging.getLogger("switchboard.ui")
 AGENT_TITLES = {cls.name: cls.title for cls in SPECIALISTS}
 LABELS = {cls.name: cls.label for cls in SPECIALISTS}
+WAITING_FOR_REVIEW = "This conversation is waiting for review: it continues once it is decided, then ask again."
 
 
 class TurnView:
@@ -49,15 +50,31 @@ class TurnView:
         self.image_path: str | None = None
         self.reply: cl.Message | None = None
         self._rendered_at = 0.0
+        self.step_text: dict[str, str] = {}  # subtask id -> its step's model text not sent yet
+        self._held_since: float | None = None  # when the oldest of step_text was held back
 
     async def on(self, event: lifecycle.Event) -> None:
+        await self._show(event)
+        if self.step_text and (not isinstance(event, (lifecycle.StepToken, lifecycle.Token))
+                               or time.monotonic() - (self._held_since or 0.0) >= self.RENDER_EVERY_S):
+            await self._flush_steps()  # after the reply's token: the answer text goes out first
+
+    async def _flush_steps(self) -> None:
+        """Send the steps' model text held back (for ``RENDER_EVERY_S`` at most, or until the next
+        event): the collapsed steps stream at a bounded rate, and a token that is also the reply's
+        goes to the reply first, so the steps never delay the text the user reads."""
+        pending, self.step_text, self._held_since = self.step_text, {}, None
+        for subtask_id, text in pending.items():
+            if (step := self.steps.get(subtask_id)) is not None:
+                await step.stream_token(text)
+
+    async def _show(self, event: lifecycle.Event) -> None:
         if isinstance(event, lifecycle.TriageDone):
             self.subtasks, self.answer_id = event.subtasks, event.answer_id or None
             step = cl.Step(name="Triage", type="tool", show_input=False, parent_id=self.parent_id)
-            step.start = _now()
+            step.start = step.end = _now()  # sent once, finished: one message to the browser, not two
             step.output = triage_markdown(event.subtasks, event.log)
             await step.send()
-            await _finish(step)
         elif isinstance(event, lifecycle.PartStarted):
             title = AGENT_TITLES.get(event.agent, event.agent)
             if sum(1 for s in self.subtasks if s["agent"] == event.agent) > 1:
@@ -69,7 +86,10 @@ class TurnView:
             await step.send()
         elif isinstance(event, lifecycle.StepToken) and event.subtask_id in self.steps:
             self.raw[event.subtask_id] += event.text
-            await self.steps[event.subtask_id].stream_token(event.text)
+            self.step_text[event.subtask_id] = self.step_text.get(event.subtask_id, "") + event.text
+            self._held_since = self._held_since or time.monotonic()
+            if time.monotonic() - self._held_since >= self.RENDER_EVERY_S:
+                await self._flush_steps()
         elif isinstance(event, lifecycle.PartRestarted):
             self.texts[event.subtask_id] = ""
             if event.subtask_id in self.raw:
@@ -146,6 +166,12 @@ class TurnView:
             self.reply = None
         await cl.ErrorMessage(content=message).send()
 
+    async def waiting_for_review(self, pending: list[dict[str, Any]]) -> None:
+        """The conversation waits for a reviewer, so this question was not asked: say so, with
+        the review's buttons."""
+        await cl.Message(content=WAITING_FOR_REVIEW).send()
+        await send_review(self.thread_id, pending, self.who)
+
     async def stopped(self) -> None:
         """The user pressed stop: close the open steps; what was shown of the reply stays."""
         for step in [*self.steps.values()]:
@@ -171,7 +197,9 @@ async def show_turn(events: AsyncIterator[lifecycle.Event], view: TurnView) -> N
                 view = TurnView(view.who, view.thread_id)
     except ReviewPending as exc:  # the thread waits for a reviewer: not a failure of this turn
         if not paused:  # (a cut-off turn finished first and paused: its review is shown already)
-            await send_review(view.thread_id, exc.pending, view.who)
+            await view.waiting_for_review(exc.pending)
+    except ThreadNotFound:  # not this user's conversation: the door says so, as it refuses anything else
+        raise
     except asyncio.CancelledError:
         # the stop button cancels this task wherever it waits: while it shows an event (a message
         # saved, sent), the turn's generator is suspended, and only closing it stops its model calls

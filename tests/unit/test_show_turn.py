@@ -27,6 +27,9 @@ class View:  # what show_turn uses of a TurnView
     async def fail(self, message: str) -> None:
         self.failures.append(message)
 
+    async def waiting_for_review(self, pending: list[dict[str, Any]]) -> None:
+        await turn_view.send_review(self.thread_id, pending, self.who)
+
 
 def paused_turn() -> TurnResult:
     return TurnResult(answer="waiting", thread_id="t", subtasks=[], triage={}, results=[], ledger=[], latency_ms=0,
@@ -52,3 +55,18 @@ async def test_a_thread_waiting_for_review_shows_the_review_once(monkeypatch, ea
     assert view.failures == []
     assert sent == ([] if earlier_paused else [("t", PENDING)])
     assert [type(e).__name__ for e in view.shown] == (["Paused"] if earlier_paused else [])
+
+
+async def test_another_users_thread_is_the_doors_refusal_not_a_failed_turn():
+    """``Switchboard.stream`` refuses a thread that is not the asker's before reading it; the chat
+    shows that as "not found" (app.py), never as "this turn failed" with the thread's id."""
+    from switchboard.access import ThreadNotFound
+
+    async def events() -> AsyncGenerator[lifecycle.Event, None]:
+        raise ThreadNotFound("t")
+        yield  # pragma: no cover - an async generator
+
+    view = View()
+    with pytest.raises(ThreadNotFound):
+        await turn_view.show_turn(events(), view)  # type: ignore[arg-type]
+    assert view.failures == [] and view.shown == []
