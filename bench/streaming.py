@@ -21,8 +21,9 @@ llama.cpp KV cache but not this question's text; each turn is a new conversation
 cache is off (``SWITCHBOARD_CACHE_TTL_S=0``) so no answer comes from it. Every door runs the same
 questions in the same order, so the model's state is the same when each door answers a question.
 The doors take turns -- per cold question, then per warm step -- one at a time (the others' processes
-idle), so a change in the machine's load hits them alike (bench/streaming_parts/plan.py). Prints what each door adds to ``Switchboard.stream``
-(warm TTFT difference) and, for the RAG question, the prompt tokens of its answer call, the
+idle), so a change in the machine's load hits them alike (bench/streaming_parts/plan.py). Prints what each door adds to ``Switchboard.stream`` in the
+same turn (each door's process times its own ``stream()`` call: bench/streaming_parts/stream_clock)
+and, for the RAG question, the prompt tokens of its answer call, the
 runtime's prompt tokens/s (a prompt-only llama call, timed) and the gap TTFT - prompt read time
 (the goal: RAG TTFT <= prompt read time + 0.3 s). All processes share one fresh data dir, set up
 (knowledge base ingested, classifier, runtime self-check) before anything is measured.

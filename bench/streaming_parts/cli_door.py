@@ -17,13 +17,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.streaming_parts.plan import REPO, TURN_TIMEOUT_S, VENV_BIN, Step, door_env, stop, tail
+from bench.streaming_parts.plan import REPO, TURN_TIMEOUT_S, VENV_BIN, Step, clock_size, door_env, same_turn, stop, tail
 
 SUMMARY = re.compile(rb"^  (\w+)\s+\S+\s+in=(\d+)\s+out=(\d+)", re.M)
 
 
 def run_step(data_dir: Path, step: Step, log_dir: Path) -> dict[str, Any]:
     log = log_dir / f"cli-{int(time.time() * 1000)}.log"
+    clock = log_dir / "cli-stream-clock.jsonl"
+    offset = clock_size(clock)
     rec: dict[str, Any] = {"door": "cli", **step.as_dict(), "ttft_s": None, "total_s": None, "exit_s": None}
     out = b""
     proc = None
@@ -32,7 +34,7 @@ def run_step(data_dir: Path, step: Step, log_dir: Path) -> dict[str, Any]:
             started = time.monotonic()
             proc = subprocess.Popen([str(VENV_BIN / "switchboard"), "ask", step.question,
                                      "--thread", f"bench-{uuid.uuid4().hex[:12]}"],
-                                    cwd=REPO, env=door_env(data_dir), stdout=subprocess.PIPE, stderr=errors,
+                                    cwd=REPO, env=door_env(data_dir, clock), stdout=subprocess.PIPE, stderr=errors,
                                     start_new_session=True)
             assert proc.stdout is not None
             fd = proc.stdout.fileno()
@@ -62,7 +64,7 @@ def run_step(data_dir: Path, step: Step, log_dir: Path) -> dict[str, Any]:
                      for m in SUMMARY.findall(out)]  # per part (its calls summed), as `ask` prints it
     if rec.get("exit_code") or first is None:
         rec["error"] = f"exit {rec.get('exit_code')}: {tail(log, 600)}"
-    return rec
+    return same_turn(rec, clock, offset)
 
 
 class CliDoor:

@@ -14,6 +14,7 @@ them alike; only one door works at a time, the others' processes idle.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -66,9 +67,13 @@ def warm_steps(keys: list[str], repeat: int) -> list[Step]:
     return steps
 
 
-def door_env(data_dir: Path) -> dict[str, str]:
+STREAM_CLOCK = Path(__file__).resolve().parent / "stream_clock"  # its sitecustomize times Switchboard.stream
+
+
+def door_env(data_dir: Path, clock: Path | None = None) -> dict[str, str]:
     """The environment of every door's process: the bench's data dir, the response cache off, no
-    recording, the local tier (no hosted-model keys), no Chainlit CI mode."""
+    recording, the local tier (no hosted-model keys), no Chainlit CI mode; with ``clock``, the
+    process also writes there its ``Switchboard.stream`` time to first token per turn."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("SWITCHBOARD_DATA_DIR", "SWITCHBOARD_CACHE_TTL_S", "SWITCHBOARD_RECORD_MODE",
                         "SWITCHBOARD_CASSETTE_PATH", "SWITCHBOARD_API_KEYS", "SWITCHBOARD_API_KEYS_FILE",
@@ -76,7 +81,25 @@ def door_env(data_dir: Path) -> dict[str, str]:
            and not k.startswith("CHAINLIT_")}
     env.update(SWITCHBOARD_DATA_DIR=str(data_dir), SWITCHBOARD_CACHE_TTL_S="0", SWITCHBOARD_RECORD_MODE="off",
                ANONYMIZED_TELEMETRY="False", PYTHONUNBUFFERED="1")
+    if clock is not None:
+        env["BENCH_STREAM_CLOCK"] = str(clock)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STREAM_CLOCK), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def same_turn(rec: dict[str, Any], clock: Path, offset: int) -> dict[str, Any]:
+    """Add to a door's record the stream's own time to first token in that turn (what the door's
+    process wrote to ``clock`` after ``offset``) and what the door added to it."""
+    lines = clock.read_bytes()[offset:].splitlines() if clock.exists() else []
+    if lines:
+        rec["stream_ttft_s"] = json.loads(lines[-1])["ttft_s"]
+        if rec.get("ttft_s") is not None:
+            rec["added_s"] = rec["ttft_s"] - rec["stream_ttft_s"]
+    return rec
+
+
+def clock_size(clock: Path) -> int:
+    return clock.stat().st_size if clock.exists() else 0
 
 
 def free_port() -> int:
@@ -135,6 +158,7 @@ class ServerDoor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.start_s: float | None = None
+        self.clock = log_dir / f"{self.name}-stream-clock.jsonl"
 
     def command(self, port: int) -> list[str]:
         raise NotImplementedError
@@ -146,7 +170,7 @@ class ServerDoor:
         self.port = free_port()
         log = self.log_dir / f"{self.name}-{self.port}.log"
         with open(log, "w") as out:
-            self.proc = subprocess.Popen(self.command(self.port), cwd=REPO, env=door_env(self.data_dir),
+            self.proc = subprocess.Popen(self.command(self.port), cwd=REPO, env=door_env(self.data_dir, self.clock),
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self.start_s = wait_listening(self.proc, self.port, log, self.label)
@@ -155,7 +179,8 @@ class ServerDoor:
             raise
 
     def ask(self, step: Step) -> dict[str, Any]:
-        rec = self.ask_at(f"http://127.0.0.1:{self.port}", step)
+        offset = clock_size(self.clock)
+        rec = same_turn(self.ask_at(f"http://127.0.0.1:{self.port}", step), self.clock, offset)
         if self.start_s is not None:  # the first turn of this server
             rec["server_start_s"], self.start_s = self.start_s, None
         return rec

@@ -88,25 +88,36 @@ def tables(records: list[dict[str, Any]], keys: list[str], doors: list[str],
         if "cli" in doors:
             out.append("cli: no warm figures -- every `switchboard ask` is a new process that loads the model again.")
 
+    others = [d for d in doors if d in ("http", "ui", "cli")]
+    if others and (warm_keys or cold_keys):
+        heads = ["over stream(): s", *(f"{d} adds ({'cold' if d == 'cli' else 'warm'})" for d in others),
+                 *(f"{d} stream TTFT" for d in others)]
+        rows = [[k, *(_s(rs.value(d, "cold" if d == "cli" else "warm", k, "added_s"), True) for d in others),
+                 *(_s(rs.value(d, "cold" if d == "cli" else "warm", k, "stream_ttft_s")) for d in others)]
+                for k in keys]
+        out += ["\n== What each door adds to Switchboard.stream, in the same turn (door TTFT minus that turn's "
+                "stream() TTFT, timed inside the door's process)",
+                format_table(heads, rows),
+                "stream TTFT: from the door's stream() call to its first Token event, in the door's own process "
+                "(bench/streaming_parts/stream_clock). adds: the rest of the door's TTFT -- for http the request, "
+                "its checks and the first chunk; for ui the send click, Chainlit, the socket and the browser "
+                "showing the text; for cli (cold) the interpreter, imports, opening Switchboard and printing."]
+
     if "python" in doors and (warm_keys or cold_keys):
-        heads = ["over stream(): s", "py Token", "py text"]
-        others = [d for d in doors if d in ("http", "ui")]
-        heads += [f"{d} - Token" for d in others] + ["http - text"] * ("http" in others)
-        heads += ["cli - py (cold, spawn)"] * ("cli" in doors)
+        heads = ["door - python: s", "py Token", "py text"]
+        cross = [d for d in doors if d in ("http", "ui")]
+        heads += [f"{d} - py Token" for d in cross] + ["http - py text"] * ("http" in cross)
         rows = []
         for k in keys:
             tok, txt = rs.value("python", "warm", k, "ttft_s"), rs.value("python", "warm", k, "first_text_s")
-            row = [k, _s(tok), _s(txt), *(_s(_diff(rs.value(d, "warm", k, "ttft_s"), tok), True) for d in others)]
-            if "http" in others:
+            row = [k, _s(tok), _s(txt), *(_s(_diff(rs.value(d, "warm", k, "ttft_s"), tok), True) for d in cross)]
+            if "http" in cross:
                 row.append(_s(_diff(rs.value("http", "warm", k, "ttft_s"), txt), True))
-            if "cli" in doors:
-                row.append(_s(_diff(rs.value("cli", "cold", k, "ttft_s"), rs.spawn_ttft(k)), True))
             rows.append(row)
-        out += ["\n== What each door adds to Switchboard.stream (warm; door TTFT minus Python TTFT)",
-                format_table(heads, rows),
+        out += ["\n== Door TTFT minus the Python door's (warm; different processes and turns, so the model's own "
+                "variation is in it)", format_table(heads, rows),
                 "py Token: first Token event; py text: first text a plain-text door sends (lifecycle.TextStream: "
-                "several parts go out part by part, each once it and those before it are done). The CLI has no warm "
-                "case: its column is cold, both from the process spawn."]
+                "several parts go out part by part, each once it and those before it are done)."]
 
     out += _arrival(rs, keys, doors)
     if "python" in doors:
