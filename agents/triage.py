@@ -28,6 +28,10 @@ _SENTENCE = re.compile(r"(?<=[.?!;])\s+")
 # Conjunctions that may join two independent requests in one sentence.
 _CONJ = re.compile(r",?\s+(?:and also|and then|and|also|plus|as well as)\s+", re.IGNORECASE)
 IMAGE_CLAUSE_MIN = 0.15  # vision+records_check probability for a clause to be "about the image"
+# A clause that is only a greeting or thanks: beside a real request it needs no answer of its own.
+_PLEASANTRY = re.compile(r"^(?:(?:hi|hello|hey|hiya|howdy|greetings|good (?:morning|afternoon|evening|day)|"
+                         r"thanks|thank you|thx|cheers|please|ok(?:ay)?|great)(?: there| so much| again| all)?"
+                         r"[\s,.!?]*)+$", re.IGNORECASE)
 def too_long_refusal(length: int, limit: int) -> str:
     return (f"Your message is {length:,} characters long; I can take at most {limit:,} characters in one message, "
             "so I did not act on it. Please shorten it, or send your questions a few at a time.")
@@ -178,7 +182,7 @@ class Triage:
                             for s in self._subtasks_for(route, clause, pred, reason, asked, start=len(subtasks)))
         if has_image and not any(s.agent == "vision" for s in subtasks):
             subtasks.insert(0, self._image_subtask(text, clauses))
-        subtasks = _wire_image_dependencies(subtasks)
+        subtasks = _wire_image_dependencies(_one_general_part(subtasks))
         decision = TriageDecision(subtasks=subtasks, llm_calls=llm_calls, ledger=ledger, clauses=[c for c, _ in clauses],
                                   skipped=skipped,
                                   skipped_note=skipped_parts_note(skipped, self.max_parts or 0) if skipped else "")
@@ -272,6 +276,26 @@ class Triage:
         word = re.findall(r"[a-z_]+", str(reply.content).lower())
         route = next((w for w in word if w in self.config.routes), "general")
         return route, entry
+
+
+def _one_general_part(subtasks: list[Subtask]) -> list[Subtask]:
+    """The generalist answers a turn's small talk once: its clauses become one part ("Hello! What
+    can you help me with?" is one question, not a greeting answered apart), and a greeting or thanks
+    beside a real request is not a part at all. Parts are numbered again in order."""
+    general = [s for s in subtasks if s.agent == "general" and not s.depends_on]
+    if len(general) < 2 and not (general and len(subtasks) > 1 and _PLEASANTRY.match(general[0].task.strip())):
+        return subtasks
+    others = [s for s in subtasks if s not in general]
+    kept = [s for s in general if not (others and _PLEASANTRY.match(s.task.strip()))]
+    out: list[Subtask] = []
+    for s in subtasks:
+        if s in general:
+            if not kept or s is not kept[0]:
+                continue  # dropped, or merged into the first kept clause
+            s = s.model_copy(update={"task": " ".join(k.task for k in kept)})
+        out.append(s)
+    ids = {s.id: s.id if s.id == "t0" else f"t{i + 1 - ('t0' in [o.id for o in out])}" for i, s in enumerate(out)}
+    return [s.model_copy(update={"id": ids[s.id], "depends_on": [ids.get(d, d) for d in s.depends_on]}) for s in out]
 
 
 def _wire_image_dependencies(subtasks: list[Subtask]) -> list[Subtask]:

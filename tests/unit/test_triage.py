@@ -98,3 +98,20 @@ async def test_image_with_unrelated_text_still_gets_vision(classifier):
     assert decision.subtasks[0].agent == "vision"
     assert "image is attached" in decision.subtasks[0].reason
     assert [s.agent for s in decision.subtasks] == ["vision", "rag"]
+
+
+@pytest.mark.parametrize(
+    ("text", "agents", "tasks"),
+    [  # the generalist answers a turn's small talk once, in one part
+        ("Hello! What can you help me with?", ["general"], ["Hello! What can you help me with?"]),
+        # a greeting beside a real request is not a part of its own
+        ("Hi! How many customers are from Brazil?", ["sql"], ["How many customers are from Brazil?"]),
+        ("Thanks! What is your refund policy?", ["rag"], ["What is your refund policy?"]),
+    ],
+)
+async def test_small_talk_is_one_part_and_greetings_beside_a_request_are_dropped(classifier, text, agents, tasks):
+    triage, fake = make_triage(classifier)
+    decision = await triage.decide(text, has_image=False)
+    assert [s.agent for s in decision.subtasks] == agents
+    assert [s.task for s in decision.subtasks] == tasks
+    assert [s.id for s in decision.subtasks] == [f"t{i + 1}" for i in range(len(agents))]
