@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from agents.profile import BusinessProfile
+
 if TYPE_CHECKING:
     from knowledge.store import KnowledgeStore
     from tools.models.embeddings import MiniLMEmbedder
@@ -28,6 +30,7 @@ class AgentConfig:
     sensitive_from_profile: bool  # sql: plus the columns the database profile shows hold contact data
     validate_agents: tuple[str, ...]  # these agents' answers are checked by a second model
     validator_model: str  # registry name of that model ("" = the light tier)
+    profile: BusinessProfile  # the business every prompt names (agents/profile.py)
     extra: dict[str, object] = field(default_factory=dict)  # a new specialist's own settings
 
 

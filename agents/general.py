@@ -27,7 +27,7 @@ class GeneralAgent:
             handle, tier = self.services.registry.route("general", handoff["policy"], task=out.subtask["task"])
             out.evidence["tier"] = tier.as_dict()
             msgs = [
-                SystemMessage(prompts.GENERAL_SYSTEM),
+                SystemMessage(prompts.GENERAL_SYSTEM.format(**self.services.agent_config.profile.prompt_values())),
                 HumanMessage(prompts.GENERAL_USER.format(context=context_block(handoff), question=out.subtask["task"])),
             ]
             reply, entry = await call_model(

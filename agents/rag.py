@@ -113,7 +113,7 @@ class RAGAgent:
             handle, tier = self.services.registry.route("rag", handoff["policy"], task=question)
             out.evidence["tier"] = tier.as_dict()
             msgs = [
-                SystemMessage(prompts.RAG_SYSTEM),
+                SystemMessage(prompts.RAG_SYSTEM.format(**self.services.agent_config.profile.prompt_values())),
                 HumanMessage(
                     prompts.RAG_USER.format(
                         passages=format_passages(relevant), context=context_block(handoff), question=question

@@ -29,6 +29,7 @@ from agents import prompts
 from agents.base import Outcome, context_block, specialist
 from agents.contract import Evidence, Handoff
 from agents.deps import AgentServices
+from agents.profile import BusinessProfile
 from agents.sql_schema import SchemaSelector
 from tools import review
 from tools.models.gateway import call_model
@@ -44,10 +45,6 @@ MAX_ATTEMPTS = 3
 MAX_ROWS = 50
 NO_QUERY = "NONE"  # what the model writes on the SQL line when no read-only query can answer
 DIALECT_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
-CHINOOK_TABLES = frozenset(
-    {"Album", "Artist", "Customer", "Employee", "Genre", "Invoice", "InvoiceLine", "MediaType", "Playlist",
-     "PlaylistTrack", "Track"}
-)
 READ_ONLY_REFUSAL = (
     "I can't do that: I can only look data up in the database, never change, add or delete it, "
     "so nothing was changed."
@@ -170,17 +167,18 @@ def database_name(db: ReadOnlyDatabase) -> str:
     return Path(make_url(db.url).database or "database").name
 
 
-def prompt_profile(db: ReadOnlyDatabase) -> PromptProfile:
-    """The demo Chinook schema gets its tailored notes; any other database a generic description.
+def prompt_profile(db: ReadOnlyDatabase, business: BusinessProfile | None = None) -> PromptProfile:
+    """The business profile's notes on its own database (the demo's on Chinook) when that database
+    is connected; any other database a generic description.
 
-    Recognised by its table names, so Chinook on SQLite and on PostgreSQL (same names) both get
-    it, and a user's own database never hears about invoices it does not have.
+    Recognised by the table names the profile lists, so Chinook on SQLite and on PostgreSQL (same
+    names) both get the notes, and a user's own database never hears about invoices it does not have.
     """
     dialect = DIALECT_NAMES[db.dialect]
     dialect_notes = prompts.SQL_DIALECT_NOTES[db.dialect]
-    if CHINOOK_TABLES <= set(db.table_names()):
-        notes = dialect_notes + prompts.SQL_CHINOOK_NOTES[db.dialect]
-        return PromptProfile(dialect, prompts.SQL_CHINOOK_SUBJECT, notes, prompts.SQL_CHINOOK_EXAMPLE)
+    if business is not None and business.sql is not None and business.sql.applies_to(set(db.table_names())):
+        notes = dialect_notes + business.sql.notes.get(db.dialect, "")
+        return PromptProfile(dialect, business.sql.subject, notes, business.sql.example)
     tables = db.schema()
     if not tables:
         raise ValueError(f"{db!r} has no tables to query")
@@ -217,7 +215,7 @@ class SQLAgent:
 
     @cached_property
     def profile(self) -> PromptProfile:
-        return prompt_profile(self.services.db)
+        return prompt_profile(self.services.db, self.services.agent_config.profile)
 
     def schema_text(self, question: str) -> str:
         """The schema part of the prompt: whole when small, the question's tables when large."""

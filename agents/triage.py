@@ -10,12 +10,14 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from agents import prompts
 from agents.contract import Subtask
 from agents.followup import looks_like_follow_up
+from agents.profile import BusinessProfile
 from tools.models.gateway import AllModelsFailed, call_model
 from tools.models.local_llm import LocalRuntimeUnavailable, PromptTooLong
 from tools.models.registry import ModelHandle, ModelRegistry
@@ -81,6 +83,8 @@ class Triage:
         voters: list[str] | tuple[str, ...] = (),
         max_chars: int | None = None,
         max_parts: int | None = None,
+        *,
+        profile: BusinessProfile,
     ) -> None:
         if (max_chars is not None and max_chars < 1) or (max_parts is not None and max_parts < 1):
             raise ValueError("triage max_chars and max_parts must be at least 1")
@@ -92,6 +96,7 @@ class Triage:
             if unknown:
                 raise ValueError(f"triage_voters names unknown registry models {unknown}")
         self.config = config
+        self.profile = profile
         self.classifier = classifier
         self.registry = registry
         self.threshold = config.threshold if threshold is None else threshold
@@ -202,6 +207,20 @@ class Triage:
         clause, pred = max(clauses, key=lambda cp: vision_score(cp[1]))
         return clause if vision_score(pred) >= IMAGE_CLAUSE_MIN else None
 
+    @cached_property
+    def route_list(self) -> str:
+        """The teams as the LLM reads them; a description may name the business's ``{name}``,
+        ``{noun}`` and what its ``{database}`` holds (a generated routes file does)."""
+        fill = {"{name}": self.profile.name, "{noun}": self.profile.noun,
+                "{database}": self.profile.database or "its records"}
+        lines = []
+        for r in self.config.routes.values():
+            text = r.description
+            for key, value in fill.items():
+                text = text.replace(key, value)
+            lines.append(f"{r.name}: {text}")
+        return "\n".join(lines)
+
     def _route_for_agent(self, agent: str) -> str | None:
         for r in self.config.routes.values():
             if r.agents == (agent,):
@@ -263,9 +282,8 @@ class Triage:
                        handle: ModelHandle | None = None) -> tuple[str, LedgerEntry]:
         assert self.registry is not None
         handle = handle or self.registry.for_agent("triage", policy)
-        routes = "\n".join(f"{r.name}: {r.description}" for r in self.config.routes.values())
         msgs = [
-            SystemMessage(prompts.TRIAGE_SYSTEM.format(routes=routes)),
+            SystemMessage(prompts.TRIAGE_SYSTEM.format(routes=self.route_list, **self.profile.prompt_values())),
             HumanMessage(
                 prompts.TRIAGE_USER.format(
                     clause=clause, image_note=" (an image is attached)" if has_image else ""

@@ -86,7 +86,7 @@ class VisionAgent:
     async def _ask_vision_model(self, spec: ModelSpec, image: ValidatedImage, handoff: Handoff, out: Outcome[VisionEvidence]) -> None:
         handle = self.services.registry.handle(spec.name, role="vision")
         msgs = [
-            SystemMessage(prompts.VISION_MODEL_SYSTEM),
+            SystemMessage(prompts.VISION_MODEL_SYSTEM.format(**self.services.agent_config.profile.prompt_values())),
             HumanMessage(
                 content=[
                     {"type": "text", "text": f"{context_block(handoff)}Question: {out.subtask['task']}"},
@@ -126,7 +126,7 @@ class VisionAgent:
         handle, tier = self.services.registry.route("vision", handoff["policy"], task=out.subtask["task"])
         out.evidence["tier"] = tier.as_dict()
         msgs = [
-            SystemMessage(prompts.VISION_SYSTEM),
+            SystemMessage(prompts.VISION_SYSTEM.format(**self.services.agent_config.profile.prompt_values())),
             HumanMessage(
                 prompts.VISION_USER.format(
                     ocr=f"{fields.as_prompt_text()}\nFull text:\n{text[:OCR_CHARS]}",

@@ -31,6 +31,7 @@ from tools.routing.intent import IntentClassifier, RouteConfig
 from tools.vision.images import uploads_dir
 
 if TYPE_CHECKING:
+    from agents.profile import BusinessProfile
     from agents.triage import Triage
     from graphs.support import GraphConfig
     from knowledge.store import KnowledgeStore
@@ -130,7 +131,15 @@ class Services:
             voters=self.settings.triage_voters,
             max_chars=self.settings.triage_max_chars,
             max_parts=self.settings.triage_max_parts,
+            profile=self.profile,
         )
+
+    @cached_property
+    def profile(self) -> BusinessProfile:
+        """The business every prompt names: yours after `switchboard init`, else the demo store."""
+        from agents.profile import BusinessProfile
+
+        return BusinessProfile.load(self.settings.business_profile_path)
 
     @cached_property
     def agent_config(self) -> AgentConfig:
@@ -138,7 +147,7 @@ class Services:
         return AgentConfig(
             uploads_dir=uploads_dir(s.data_dir), helpcenter_dir=s.helpcenter_dir,
             sensitive_columns=tuple(s.sensitive_columns), sensitive_from_profile=s.sensitive_from_profile,
-            validate_agents=tuple(s.validate_agents), validator_model=s.validator_model,
+            validate_agents=tuple(s.validate_agents), validator_model=s.validator_model, profile=self.profile,
         )
 
     @cached_property

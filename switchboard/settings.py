@@ -1,7 +1,8 @@
 """One typed settings object for the whole process.
 
 Values come from (highest first) explicit keyword arguments, ``SWITCHBOARD_*`` environment
-variables, a ``.env`` file, then the defaults below. Only the edges (CLI, Chainlit app, HTTP
+variables, a ``.env`` file, the data dir's ``settings.yaml`` (what ``switchboard init`` chose for
+your own business: :data:`INIT_KEYS`), then the defaults below. Only the edges (CLI, Chainlit app, HTTP
 server) build a ``Settings``; nodes receive it through the graph's runtime context.
 """
 
@@ -13,13 +14,59 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tools.models.values import DEFAULT_POLICY, RoutingPolicy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 RecordMode = Literal["off", "record", "replay"]
+DEMO_PROFILE = REPO_ROOT / "switchboard" / "config" / "profile.yaml"
+DEFAULT_DATA_DIR = REPO_ROOT / ".switchboard"
+# What `switchboard init` may write to <data dir>/settings.yaml: what to connect to, no secrets.
+INIT_KEYS = ("database_url", "helpcenter_dir", "collection", "routes_file", "profile_file")
+MAX_INIT_FILE_BYTES = 16_000
+
+
+class InitFileSource(PydanticBaseSettingsSource):
+    """``<data dir>/settings.yaml``, written by ``switchboard init``: below the environment and
+    ``.env``, above the defaults. The data dir is the one the higher sources give, else the default."""
+
+    def __init__(self, settings_cls: type[BaseSettings], *higher: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.higher = higher
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data_dir: Any = None
+        for source in self.higher:
+            data_dir = data_dir or source().get("data_dir")
+        path = Path(data_dir or DEFAULT_DATA_DIR) / "settings.yaml"
+        return read_init_file(path)
+
+
+def read_init_file(path: Path) -> dict[str, Any]:
+    """The settings ``switchboard init`` wrote (only :data:`INIT_KEYS`); {} when there is none."""
+    import yaml
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_INIT_FILE_BYTES:
+        raise ValueError(f"{path} is over {MAX_INIT_FILE_BYTES:,} bytes; it holds a few settings")
+    try:
+        raw = yaml.safe_load(data.decode("utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path} is not valid YAML ({exc}); fix it or run `switchboard init` again") from exc
+    if not isinstance(raw, dict) or (unknown := sorted(set(raw) - set(INIT_KEYS))):
+        raise ValueError(f"{path} may only set {', '.join(INIT_KEYS)}"
+                         + (f"; it also sets {unknown}" if isinstance(raw, dict) else ""))
+    return {k: v for k, v in raw.items() if v not in (None, "")}
 
 
 class Settings(BaseSettings):
@@ -27,12 +74,24 @@ class Settings(BaseSettings):
         env_prefix="SWITCHBOARD_", env_file=".env", extra="ignore", frozen=True
     )
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings,
+                InitFileSource(settings_cls, init_settings, env_settings, dotenv_settings), file_secret_settings)
+
     # Where runtime state lives: checkpoints, Chroma, caches, ledgers.
-    data_dir: Path = Field(default=REPO_ROOT / ".switchboard")
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR)
     # The SQL specialist's database (read-only). SQLite demo by default.
     database_url: str = f"sqlite:///{REPO_ROOT / 'data' / 'chinook' / 'chinook.sqlite'}"
     # Conversation persistence: empty means a SQLite file under data_dir; or a postgresql:// URL.
     checkpoint_url: str = ""
+    # The business every prompt names (agents/profile.py): unset = <data dir>/profile.yaml when
+    # `switchboard init` wrote one, else the demo store's (switchboard/config/profile.yaml).
+    profile_file: Path | None = None
     # Model registry file and route definitions.
     models_file: Path = REPO_ROOT / "switchboard" / "config" / "models.yaml"
     routes_file: Path = REPO_ROOT / "switchboard" / "config" / "routes.yaml"
@@ -152,6 +211,13 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
     anthropic_api_key: SecretStr | None = Field(default=None, alias="ANTHROPIC_API_KEY")
+
+    @property
+    def business_profile_path(self) -> Path:
+        if self.profile_file is not None:
+            return self.profile_file
+        own = self.data_dir / "profile.yaml"
+        return own if own.exists() else DEMO_PROFILE
 
     @cached_property
     def checkpoint_sqlite_path(self) -> Path:

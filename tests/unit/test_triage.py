@@ -23,7 +23,8 @@ def make_triage(classifier, reply: str = "rag", threshold: float | None = None, 
     registry = Services(settings or Settings()).registry
     fake = ScriptedChatModel(respond=lambda msgs: reply)
     registry.use_chat_model("local-qwen2.5-coder-1.5b", fake)
-    return Triage(CONFIG, classifier, registry, threshold=threshold), fake
+    services = Services(settings or Settings())
+    return Triage(CONFIG, classifier, registry, threshold=threshold, profile=services.profile), fake
 
 
 @pytest.mark.parametrize(
