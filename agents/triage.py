@@ -6,11 +6,12 @@ A local classifier decides in milliseconds. Only a clause it is unsure about is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
@@ -29,6 +30,10 @@ log = logging.getLogger("switchboard.triage")
 _SENTENCE = re.compile(r"(?<=[.?!;])\s+")
 # Conjunctions that may join two independent requests in one sentence.
 _CONJ = re.compile(r",?\s+(?:and also|and then|and|also|plus|as well as)\s+", re.IGNORECASE)
+# Words by which a lone sentence beside an image points at it.
+_POINTS_AT_IMAGE = re.compile(r"\b(this|these|that|it|attached|image|picture|photo|screenshot|scan|receipt|invoice|"
+                              r"label|chart)\b", re.IGNORECASE)
+SPLIT_FLOOR = 0.40  # a conjunction splits a sentence when one half is sure and the other scores this much
 IMAGE_CLAUSE_MIN = 0.15  # vision+records_check probability for a clause to be "about the image"
 # A clause that is only a greeting or thanks: beside a real request it needs no answer of its own.
 _PLEASANTRY = re.compile(r"^(?:(?:hi|hello|hey|hiya|howdy|greetings|good (?:morning|afternoon|evening|day)|"
@@ -85,6 +90,8 @@ class Triage:
         max_parts: int | None = None,
         *,
         profile: BusinessProfile,
+        relevance: Callable[[str], float] | None = None,
+        relevance_floor: float = 0.30,
     ) -> None:
         if (max_chars is not None and max_chars < 1) or (max_parts is not None and max_parts < 1):
             raise ValueError("triage max_chars and max_parts must be at least 1")
@@ -97,6 +104,9 @@ class Triage:
                 raise ValueError(f"triage_voters names unknown registry models {unknown}")
         self.config = config
         self.profile = profile
+        # the help center's best match for a clause (cosine, 0-1): a clause routed to it that
+        # matches nothing there (small talk about dogs, thanks, trivia) goes to the next route
+        self.relevance, self.relevance_floor = relevance, relevance_floor
         self.classifier = classifier
         self.registry = registry
         self.threshold = config.threshold if threshold is None else threshold
@@ -117,10 +127,10 @@ class Triage:
             if len(left.split()) < 3 or len(right.split()) < 3:
                 continue
             pl, pr = self.classifier.predict([left, right])
-            if (
-                pl.label != pr.label
-                and pl.confidence >= self.threshold
-                and pr.confidence >= self.threshold
+            if (  # two requests for different places: one half sure, the other at least plausible
+                pl.label != pr.label                      # (an unsure half is resolved like any unsure clause)
+                and max(pl.confidence, pr.confidence) >= self.threshold
+                and min(pl.confidence, pr.confidence) >= SPLIT_FLOOR
             ):
                 return [(left, pl), *self._split_sentence(right)]
         return [(sentence, whole)]
@@ -137,6 +147,8 @@ class Triage:
         if not text and has_image:
             text = "Please look at the attached image"
         clauses = self.split(text) if text else []
+        if not has_image:  # an image route cannot answer without an image: the best other route does
+            clauses = [(c, self._without_image_routes(p)) for c, p in clauses]
         skipped: list[str] = []
         if self.max_parts is not None and len(clauses) > self.max_parts:
             skipped = [c for c, _ in clauses[self.max_parts:]]
@@ -183,11 +195,13 @@ class Triage:
                 else:
                     route = "general"
                     reason = f"classifier unsure ({pred.confidence:.3f} < {self.threshold:.3f}); no LLM: general"
+            if self.relevance is not None and self.config.routes[route].agents == ("rag",):
+                route, reason = await self._check_help_center(clause, pred, route, reason, has_image)
             subtasks.extend(s.model_copy(update={"votes": votes})
                             for s in self._subtasks_for(route, clause, pred, reason, asked, start=len(subtasks)))
         if has_image and not any(s.agent == "vision" for s in subtasks):
             subtasks.insert(0, self._image_subtask(text, clauses))
-        subtasks = _wire_image_dependencies(_one_general_part(subtasks))
+        subtasks = _wire_image_dependencies(_one_general_part(self._one_image_reading(subtasks)))
         decision = TriageDecision(subtasks=subtasks, llm_calls=llm_calls, ledger=ledger, clauses=[c for c, _ in clauses],
                                   skipped=skipped,
                                   skipped_note=skipped_parts_note(skipped, self.max_parts or 0) if skipped else "")
@@ -204,21 +218,85 @@ class Triage:
 
         if not clauses:
             return None
+        if len(clauses) == 1 and _POINTS_AT_IMAGE.search(clauses[0][0]):  # "What's the total on this?"
+            return clauses[0][0]
         clause, pred = max(clauses, key=lambda cp: vision_score(cp[1]))
         return clause if vision_score(pred) >= IMAGE_CLAUSE_MIN else None
 
-    @cached_property
-    def route_list(self) -> str:
+    def _image_routes(self) -> set[str]:
+        return {r.name for r in self.config.routes.values() if "vision" in r.agents}
+
+    def _one_image_reading(self, subtasks: list[Subtask]) -> list[Subtask]:
+        """Several sentences about the one image ("Is this invoice one of yours? Please check it
+        against your database") are one part: the image is read once, for all they ask, and
+        checked against the records once when any of them asks for that."""
+        image_routes = self._image_routes()
+        group = [s for s in subtasks if s.route in image_routes]
+        tasks = list(dict.fromkeys(s.task for s in group))
+        if len(tasks) < 2:
+            return subtasks
+        route = "records_check" if any(s.route == "records_check" for s in group) else "vision"
+        first = group[0]
+        joined = first.model_copy(update={"task": " ".join(tasks), "route": route, "agent": "vision",
+                                          "depends_on": [], "reason": first.reason + "; every sentence about "
+                                          "the image, read once"})
+        parts = [joined]
+        if route == "records_check":
+            parts.append(joined.model_copy(update={"id": f"{first.id}-check", "agent": "sql",
+                                                   "depends_on": [first.id]}))
+        out: list[Subtask] = []
+        for s in subtasks:
+            if s is first:
+                out.extend(parts)
+            elif s not in group:
+                out.append(s)
+        return _renumbered(out)
+
+    async def _check_help_center(self, clause: str, pred: Prediction, route: str, reason: str,
+                                 has_image: bool) -> tuple[str, str]:
+        """A clause for the help center that nothing in it resembles goes to the next route the
+        classifier scored (never another help-center or image route without an image)."""
+        assert self.relevance is not None
+        try:
+            top = await asyncio.to_thread(self.relevance, clause)
+        except Exception as exc:  # noqa: BLE001 - routing does not fail on the knowledge base: keep the route
+            log.warning("triage: help-center check failed (%s): keeping %s", exc, route)
+            return route, reason
+        if top >= self.relevance_floor:
+            return route, reason
+        allowed = [r for r in self.candidates(has_image) if self.config.routes[r].agents != ("rag",)]
+        if not allowed:
+            return route, reason
+        best = max(allowed, key=lambda r: pred.scores.get(r, 0.0))
+        return best, (f"{reason}; the help center has nothing close (best match {top:.2f} < "
+                      f"{self.relevance_floor:.2f}): {best}")
+
+    def _without_image_routes(self, pred: Prediction) -> Prediction:
+        image_routes = self._image_routes()
+        if pred.label not in image_routes:
+            return pred
+        rest = {k: v for k, v in pred.scores.items() if k not in image_routes}
+        if not rest or sum(rest.values()) <= 0:
+            return pred
+        best = max(rest, key=lambda k: rest[k])
+        return Prediction(label=best, confidence=rest[best] / sum(rest.values()), scores=pred.scores)
+
+    def candidates(self, has_image: bool) -> list[str]:
+        """The routes an LLM may choose for a clause: an image route only when an image is attached
+        (a small model sent "What's the tallest mountain?" to vision)."""
+        return [r.name for r in self.config.routes.values() if has_image or "vision" not in r.agents]
+
+    def route_list(self, has_image: bool) -> str:
         """The teams as the LLM reads them; a description may name the business's ``{name}``,
         ``{noun}`` and what its ``{database}`` holds (a generated routes file does)."""
         fill = {"{name}": self.profile.name, "{noun}": self.profile.noun,
                 "{database}": self.profile.database or "its records"}
         lines = []
-        for r in self.config.routes.values():
-            text = r.description
+        for name in self.candidates(has_image):
+            text = self.config.routes[name].description
             for key, value in fill.items():
                 text = text.replace(key, value)
-            lines.append(f"{r.name}: {text}")
+            lines.append(f"{name}: {text}")
         return "\n".join(lines)
 
     def _route_for_agent(self, agent: str) -> str | None:
@@ -283,7 +361,7 @@ class Triage:
         assert self.registry is not None
         handle = handle or self.registry.for_agent("triage", policy)
         msgs = [
-            SystemMessage(prompts.TRIAGE_SYSTEM.format(routes=self.route_list, **self.profile.prompt_values())),
+            SystemMessage(prompts.TRIAGE_SYSTEM.format(routes=self.route_list(has_image), **self.profile.prompt_values())),
             HumanMessage(
                 prompts.TRIAGE_USER.format(
                     clause=clause, image_note=" (an image is attached)" if has_image else ""
@@ -292,7 +370,8 @@ class Triage:
         ]
         reply, entry = await call_model(handle, msgs, agent="triage", task=clause, max_tokens=6)
         word = re.findall(r"[a-z_]+", str(reply.content).lower())
-        route = next((w for w in word if w in self.config.routes), "general")
+        allowed = self.candidates(has_image)
+        route = next((w for w in word if w in allowed), "general")
         return route, entry
 
 
@@ -312,8 +391,16 @@ def _one_general_part(subtasks: list[Subtask]) -> list[Subtask]:
                 continue  # dropped, or merged into the first kept clause
             s = s.model_copy(update={"task": " ".join(k.task for k in kept)})
         out.append(s)
-    ids = {s.id: s.id if s.id == "t0" else f"t{i + 1 - ('t0' in [o.id for o in out])}" for i, s in enumerate(out)}
-    return [s.model_copy(update={"id": ids[s.id], "depends_on": [ids.get(d, d) for d in s.depends_on]}) for s in out]
+    return _renumbered(out)
+
+
+def _renumbered(subtasks: list[Subtask]) -> list[Subtask]:
+    """Parts numbered t1, t2, ... in order again (the image part added for a turn keeps t0), with
+    their dependencies renamed alike."""
+    offset = 1 if any(s.id == "t0" for s in subtasks) else 0
+    ids = {s.id: s.id if s.id == "t0" else f"t{i + 1 - offset}" for i, s in enumerate(subtasks)}
+    return [s.model_copy(update={"id": ids[s.id], "depends_on": [ids.get(d, d) for d in s.depends_on]})
+            for s in subtasks]
 
 
 def _wire_image_dependencies(subtasks: list[Subtask]) -> list[Subtask]:

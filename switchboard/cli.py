@@ -1,4 +1,4 @@
-"""The ``switchboard`` command: ask, route, ingest, demo, serve."""
+"""The ``switchboard`` command: init, ask, route, ingest, demo, serve."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from switchboard import audit_cli
+from switchboard import audit_cli, init_cli
 from switchboard.settings import Settings
 from tools.models.values import POLICIES
 from tools.observability.redaction import install_log_redaction
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     trr.add_argument("--C", type=float, default=None, help="regularisation (default: chosen by held-out APGR)")
     trr.add_argument("--keep-contaminated", action="store_true", help="do not drop contaminated_prompts.jsonl entries")
     audit_cli.add_parsers(sub)
+    init_cli.add_parser(sub)
     return p
 
 
@@ -351,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args, settings)
         if args.command == "train-router":
             return _train_router(args)
+        if args.command == "init":
+            return init_cli.run(args, settings)
         if args.command in ("audit", "compare"):
             return audit_cli.run(args, settings)
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ from tools.models.registry import ModelRegistry, read_registry_file
 from tools.models.values import ModelSpec, RegistryError
 from tools.observability import telemetry
 from tools.observability.audit import AuditTrail, audit_url
-from tools.routing.intent import IntentClassifier, RouteConfig
+from tools.routing.intent import RouteConfig
 from tools.vision.images import uploads_dir
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from graphs.support import GraphConfig
     from knowledge.store import KnowledgeStore
     from tools.models.embeddings import MiniLMEmbedder
+    from tools.routing.generate import TrainingSet
     from tools.routing.tier_router import TierRouter
     from tools.sql.database import ReadOnlyDatabase
 
@@ -57,6 +58,7 @@ def provider_secrets(settings: Settings, specs: Mapping[str, ModelSpec]) -> dict
 @dataclass
 class Services:
     settings: Settings
+    kb_report: str = ""  # what opening the knowledge base synced from the help center folder
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -121,10 +123,11 @@ class Services:
     @cached_property
     def triage(self) -> Triage:
         from agents.triage import Triage
+        from tools.routing.generate import load_or_train
 
         return Triage(
             self.routes,
-            IntentClassifier.from_routes(self.routes),
+            load_or_train(self.route_training, self.settings.data_dir / "cache", self.embedder),
             self.registry,
             threshold=self.settings.triage_threshold,
             use_llm=self.settings.triage_use_llm,
@@ -132,7 +135,24 @@ class Services:
             max_chars=self.settings.triage_max_chars,
             max_parts=self.settings.triage_max_parts,
             profile=self.profile,
+            relevance=self.help_center_match,
         )
+
+    def help_center_match(self, text: str) -> float:
+        """The knowledge base's best match for ``text`` (cosine similarity; 0 when it is empty)."""
+        hits = self.kb.search(text, k=1)
+        return hits[0].score if hits else 0.0
+
+    @cached_property
+    def route_training(self) -> TrainingSet:
+        """Triage's training data: the routes file's examples, plus questions generated from the
+        connected database's schema and the knowledge base's titles and headings (offline, no LLM),
+        so routing follows the data. The classifier is cached by this set's fingerprint: a new
+        database, an ingest that changes the docs, or an edited routes file retrains it."""
+        from tools.routing.generate import knowledge_examples, knowledge_outline, schema_examples, training_set
+
+        return training_set(self.routes, sql_examples=schema_examples(self.db),
+                            knowledge_examples=knowledge_examples(knowledge_outline(self.kb)))
 
     @cached_property
     def profile(self) -> BusinessProfile:
@@ -185,6 +205,6 @@ class Services:
             )
         )
         report = ensure_demo_ingested(store, s.helpcenter_dir)
-        if report is not None:
-            log.info("demo help center: %s", report.summary())
+        self.kb_report = report.summary()
+        log.info("help center %s: %s", s.helpcenter_dir, self.kb_report)
         return store

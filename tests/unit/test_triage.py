@@ -116,3 +116,40 @@ async def test_small_talk_is_one_part_and_greetings_beside_a_request_are_dropped
     assert [s.agent for s in decision.subtasks] == agents
     assert [s.task for s in decision.subtasks] == tasks
     assert [s.id for s in decision.subtasks] == [f"t{i + 1}" for i in range(len(agents))]
+
+
+async def test_without_an_image_no_image_route_is_chosen(classifier):
+    """Neither the classifier nor the LLM may send a clause to vision when no image is attached:
+    the vision specialist could only say "no image is attached"."""
+    triage, fake = make_triage(classifier, reply="vision", threshold=0.999)  # unsure; the LLM says vision
+    decision = await triage.decide("What does the chart show about sales?", has_image=False)
+    assert decision.llm_calls == 1 and [s.agent for s in decision.subtasks] == ["general"]
+    assert "vision" not in str(fake.calls[0][0].content)  # the LLM was not offered the image routes
+    assert "vision" in triage.candidates(has_image=True) and "vision:" in triage.route_list(has_image=True)
+
+
+@pytest.mark.parametrize(("text", "agents"), [
+    ("What's the total on this?", ["vision"]),  # the only thing said beside an image is about it
+    # two sentences about one image: it is read once, and checked against the records once
+    ("Is this invoice one of yours? Please check it against your database", ["vision", "sql"]),
+    # a policy question beside the image is not lost
+    ("What's the total on this receipt, and what is your refund policy?", ["vision", "rag"]),
+])
+async def test_an_image_turn_reads_the_image_once_and_keeps_the_other_questions(classifier, text, agents):
+    triage, _ = make_triage(classifier, reply="records_check")  # what an unsure sentence about the image gets
+    decision = await triage.decide(text, has_image=True)
+    assert [s.agent for s in decision.subtasks] == agents
+    assert sum(s.agent == "vision" for s in decision.subtasks) == 1
+
+
+async def test_an_unsure_half_of_a_two_part_sentence_is_split_not_dropped(make_settings):
+    """One half sure (refunds: rag), the other only plausible (the classifier as it runs: trained on
+    the routes file and on examples generated from the demo database and help center): both are
+    answered, the unsure half resolved like any unsure clause (here the LLM says sql)."""
+    services = Services(make_settings())
+    fake = ScriptedChatModel(respond=lambda msgs: "sql")
+    services.registry.use_chat_model("local-qwen2.5-coder-1.5b", fake)
+    triage = services.triage
+    decision = await triage.decide("how many tracks did Iron Maiden release with us, and how do refunds work "
+                                   "for albums?", has_image=False)
+    assert [s.agent for s in decision.subtasks] == ["sql", "rag"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import yaml
@@ -52,6 +53,19 @@ class RouteConfig:
         return cls(routes=routes, threshold=float(raw.get("threshold", 0.5)))
 
 
+class LabelledTexts(Protocol):
+    """Training data with per-example weights (``tools.routing.generate.TrainingSet``)."""
+
+    @property
+    def texts(self) -> tuple[str, ...]: ...
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def weights(self) -> tuple[float, ...]: ...
+
+
 @dataclass
 class Prediction:
     label: str
@@ -72,12 +86,18 @@ class IntentClassifier:
     def embedder(self) -> MiniLMEmbedder:
         return self._embedder or get_embedder()
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> IntentClassifier:
-        return self.fit_vectors(self.embedder.embed(list(texts)), labels)
+    def fit(self, texts: Sequence[str], labels: Sequence[str],
+            sample_weight: Sequence[float] | np.ndarray | None = None) -> IntentClassifier:
+        return self.fit_vectors(self.embedder.embed(list(texts)), labels, sample_weight=sample_weight)
 
-    def fit_vectors(self, X: np.ndarray, labels: Sequence[str]) -> IntentClassifier:
+    def fit_vectors(self, X: np.ndarray, labels: Sequence[str],
+                    sample_weight: Sequence[float] | np.ndarray | None = None) -> IntentClassifier:
+        """Fit on embeddings; ``sample_weight`` (one per example) scales each example's loss."""
+        weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if weights is not None and weights.shape != (len(labels),):
+            raise ValueError(f"{weights.shape[0] if weights.ndim else 0} sample weights for {len(labels)} examples")
         self._clf = LogisticRegression(C=self.C, max_iter=2000)
-        self._clf.fit(X, list(labels))
+        self._clf.fit(X, list(labels), sample_weight=weights)
         self.labels = [str(c) for c in self._clf.classes_]
         return self
 
@@ -108,3 +128,9 @@ class IntentClassifier:
             texts.extend(route.examples)
             labels.extend([route.name] * len(route.examples))
         return cls(embedder).fit(texts, labels)
+
+    @classmethod
+    def from_training_set(cls, ts: LabelledTexts, embedder: MiniLMEmbedder | None = None) -> IntentClassifier:
+        """Fit on a weighted training set (the routes file plus generated examples, see
+        ``tools.routing.generate``); ``generate.load_or_train`` does the same with a disk cache."""
+        return cls(embedder).fit(ts.texts, ts.labels, sample_weight=ts.weights)
