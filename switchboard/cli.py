@@ -261,7 +261,7 @@ def _train_router(args: argparse.Namespace) -> int:
 def _banner(services: Any) -> str:
     s = services.settings
     models = ", ".join(f"{m.name} ({m.tier})" for m in services.registry.available())
-    return (f"Switchboard — models: {models}\n"
+    return (f"Switchboard for {services.profile.name} — models: {models}\n"
             f"  database: {s.database_url}\n  knowledge base: {s.chroma_url or s.chroma_dir}\n"
             f"  conversations: {s.checkpoint_url or s.checkpoint_sqlite_path}")
 

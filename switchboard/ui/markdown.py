@@ -33,9 +33,9 @@ def banner_markdown(services: Services, policy: str | None) -> str:
     )
     db = _safe_url(s.database_url)
     lines = [
-        "**Switchboard**: each question is triaged, split into parts and sent to specialists "
-        "(SQL over the store's database, the help-center knowledge base, vision for images, a generalist), "
-        "then answered in one reply. Open the steps to see who did what and what it cost.",
+        f"**Switchboard** for {services.profile.name}: each question is triaged, split into parts and sent to "
+        f"specialists (SQL over the {services.profile.noun}'s database, the help-center knowledge base, vision for "
+        "images, a generalist), then answered in one reply. Open the steps to see who did what and what it cost.",
         "",
         f"- **Models:** {models}",
         f"- **Database:** `{Path(db.split(':///', 1)[-1]).name if db.startswith('sqlite') else db}` (read-only)",

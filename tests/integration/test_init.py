@@ -123,3 +123,21 @@ def test_the_classifier_follows_the_data(tmp_path, data_dir):
         con.execute("CREATE TABLE Complaint (ComplaintId INTEGER PRIMARY KEY, Topic TEXT)")
         con.execute("INSERT INTO Complaint VALUES (1, 'Noise')")
     assert fingerprint() not in (first, second)  # the schema changed: retrained
+
+
+def test_init_asks_in_a_terminal_and_uses_the_answers(tmp_path, data_dir, monkeypatch, capsys):
+    url, docs = tiny_business(tmp_path)
+    answers = iter([url, str(docs), "Town Hall Services", "a town office", ""])  # "" keeps the default
+    asked: list[str] = []
+
+    def fake_input(prompt: str) -> str:
+        asked.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert main(["init"]) == 0, capsys.readouterr()
+    assert len(asked) == 5 and "[a town office]" in asked[-1]  # the description defaults to the kind
+    profile = yaml.safe_load((data_dir / "profile.yaml").read_text())
+    assert (profile["name"], profile["kind"], profile["description"]) == ("Town Hall Services", "a town office",
+                                                                           "a town office")
