@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from tools.yaml_files import read_small_yaml
 
 MAX_FIELD_CHARS = 300  # one line of a prompt
 MAX_NOTE_CHARS = 1_500  # the SQL notes and worked example
@@ -107,18 +107,13 @@ class BusinessProfile:
 
     @classmethod
     def load(cls, path: Path) -> BusinessProfile:
-        path = Path(path)
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ProfileError(f"cannot read the business profile {path}: {exc.strerror or exc}") from exc
-        if len(data) > MAX_PROFILE_BYTES:
-            raise ProfileError(f"{path} is over {MAX_PROFILE_BYTES:,} bytes: a profile is a few lines")
-        try:
-            raw = yaml.safe_load(data.decode("utf-8")) or {}
-        except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ProfileError(f"{path} is not valid YAML: {exc}") from exc
-        return cls.from_dict(raw, where=str(path))
+            raw = read_small_yaml(path, MAX_PROFILE_BYTES, what="the business profile")
+        except FileNotFoundError as exc:
+            raise ProfileError(f"the business profile {path} does not exist") from exc
+        except ValueError as exc:
+            raise ProfileError(str(exc)) from exc
+        return cls.from_dict(raw or {}, where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "sql"}

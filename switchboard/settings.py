@@ -49,20 +49,13 @@ class InitFileSource(PydanticBaseSettingsSource):
 
 def read_init_file(path: Path) -> dict[str, Any]:
     """The settings ``switchboard init`` wrote (only :data:`INIT_KEYS`); {} when there is none."""
-    import yaml
+    from tools.yaml_files import read_small_yaml
 
     try:
-        data = path.read_bytes()
+        raw = read_small_yaml(path, MAX_INIT_FILE_BYTES, what="the settings file",
+                              hint="fix it or run `switchboard init` again") or {}
     except FileNotFoundError:
         return {}
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_INIT_FILE_BYTES:
-        raise ValueError(f"{path} is over {MAX_INIT_FILE_BYTES:,} bytes; it holds a few settings")
-    try:
-        raw = yaml.safe_load(data.decode("utf-8")) or {}
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path} is not valid YAML ({exc}); fix it or run `switchboard init` again") from exc
     if not isinstance(raw, dict) or (unknown := sorted(set(raw) - set(INIT_KEYS))):
         raise ValueError(f"{path} may only set {', '.join(INIT_KEYS)}"
                          + (f"; it also sets {unknown}" if isinstance(raw, dict) else ""))
