@@ -5,6 +5,7 @@ ingest that changes the docs retrains it (a new cache fingerprint), an unchanged
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -141,3 +142,22 @@ def test_init_asks_in_a_terminal_and_uses_the_answers(tmp_path, data_dir, monkey
     profile = yaml.safe_load((data_dir / "profile.yaml").read_text())
     assert (profile["name"], profile["kind"], profile["description"]) == ("Town Hall Services", "a town office",
                                                                            "a town office")
+
+
+PG_URL = os.environ.get("SWITCHBOARD_TEST_PG_URL", "")
+
+
+@pytest.mark.skipif(not PG_URL, reason='SWITCHBOARD_TEST_PG_URL is not set: run `eval "$(scripts/postgres.sh)"`')
+async def test_init_on_postgresql(tmp_path, data_dir, capsys):
+    """The same on PostgreSQL (the demo's Chinook there, as a business init has not seen under this name)."""
+    _, docs = tiny_business(tmp_path)
+    code = main(["init", "--database", PG_URL, "--docs", str(docs), "--name", "Record Shop", "--yes"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    services = Services(Settings())
+    assert services.settings.database_url == PG_URL and "albums" in services.profile.database
+    assert services.route_training.counts()["schema"] >= 10
+    triage = services.triage
+    triage.use_llm = False
+    decision = await triage.decide("Which artist has the most albums?", has_image=False)
+    assert [s.agent for s in decision.subtasks] == ["sql"]
