@@ -145,6 +145,25 @@ def ensure_demo_ingested(store: KnowledgeStore, helpcenter_dir: Path) -> IngestR
     return ingest([helpcenter_dir], store, progress=False, prune=True)
 
 
+def chunk_metadata(paths: Sequence[Path | str], *, max_files: int = 2_000,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[dict[str, object]]:
+    """What ingesting ``paths`` would store as each chunk's metadata (source, title, chunk index,
+    section, flagged), without embedding or storing anything: triage learns the help center's
+    titles and headings from it (``tools/routing/generate.py``) in milliseconds. Files that
+    cannot be read are left out, as ingestion skips them. Bounded by ``max_files``."""
+    files, _ = _expand([Path(p).absolute() for p in paths])
+    for path in files[:max_files]:
+        try:
+            docs = load_file(path, max_bytes=max_bytes)
+        except (SkippedFile, OSError):
+            continue
+        for doc in docs:
+            flagged = instruction_like(f"{doc.title}\n{doc.text}")
+            for i, chunk in enumerate(split_document(doc)):
+                yield {"source": doc.source, "title": doc.title, "chunk": i, "section": chunk.section,
+                       "flagged": flagged}
+
+
 def content_hash(doc: Document) -> str:
     """Fingerprint of everything we store from a document: title, url and text."""
     h = hashlib.sha256()

@@ -127,7 +127,7 @@ class Services:
 
         return Triage(
             self.routes,
-            load_or_train(self.route_training, self.settings.data_dir / "cache", self.embedder),
+            load_or_train(self.route_training, self.settings.triage_cache_dir, self.embedder),
             self.registry,
             threshold=self.settings.triage_threshold,
             use_llm=self.settings.triage_use_llm,
@@ -148,11 +148,15 @@ class Services:
         """Triage's training data: the routes file's examples, plus questions generated from the
         connected database's schema and the knowledge base's titles and headings (offline, no LLM),
         so routing follows the data. The classifier is cached by this set's fingerprint: a new
-        database, an ingest that changes the docs, or an edited routes file retrains it."""
-        from tools.routing.generate import knowledge_examples, knowledge_outline, schema_examples, training_set
+        database, changed docs in the help center folder, or an edited routes file retrains it."""
+        from knowledge.ingest import chunk_metadata
+        from tools.routing.generate import knowledge_examples, outline_from_metadata, schema_examples, training_set
 
+        # the help center folder's titles and headings as ingestion splits them (no embedding, and
+        # no need to open the knowledge base first); documents ingested from elsewhere do not count
+        outline = outline_from_metadata(chunk_metadata([self.settings.helpcenter_dir]))
         return training_set(self.routes, sql_examples=schema_examples(self.db),
-                            knowledge_examples=knowledge_examples(knowledge_outline(self.kb)))
+                            knowledge_examples=knowledge_examples(outline))
 
     @cached_property
     def profile(self) -> BusinessProfile:

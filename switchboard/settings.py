@@ -212,6 +212,12 @@ class Settings(BaseSettings):
         own = self.data_dir / "profile.yaml"
         return own if own.exists() else DEMO_PROFILE
 
+    @property
+    def triage_cache_dir(self) -> Path:
+        """Trained triage classifiers, by the fingerprint of what they learned from: shared by data
+        dirs (and test runs) that connect the same database, docs and routes."""
+        return self.model_cache_dir / "triage"
+
     @cached_property
     def checkpoint_sqlite_path(self) -> Path:
         return self.data_dir / "checkpoints.sqlite"

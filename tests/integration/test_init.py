@@ -15,6 +15,7 @@ import yaml
 from switchboard.cli import main
 from switchboard.services import Services
 from switchboard.settings import Settings
+from tools.routing.generate import cache_path
 
 DOCS = {
     "parking.md": "# Parking permits\n\n## Applying for a permit\n\nApply online; a resident permit costs 40 euros "
@@ -106,12 +107,11 @@ def test_init_asks_for_what_is_missing_only_in_a_terminal(tmp_path, data_dir, ca
 def test_the_classifier_follows_the_data(tmp_path, data_dir):
     url, docs = tiny_business(tmp_path)
     assert main(["init", "--database", url, "--docs", str(docs), "--name", "Town Hall", "--yes"]) == 0
-    cache = data_dir / "cache"
-
     def fingerprint() -> str:
         services = Services(Settings())
         services.triage  # noqa: B018 - builds (or loads) the classifier
-        [path] = list(cache.glob("triage-*.npz"))
+        path = cache_path(services.route_training, services.settings.triage_cache_dir)
+        assert path.exists()
         return path.name
 
     first = fingerprint()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tools.routing import generate
 from tools.routing.generate import (
     GENERATOR_VERSION,
     TrainingSet,
@@ -401,7 +402,8 @@ def test_load_or_train_caches_and_a_second_call_embeds_nothing(tmp_path: Path) -
     assert np.allclose([p.confidence for p in a], [p.confidence for p in b])
 
 
-def test_load_or_train_rebuilds_after_a_change_and_drops_old_caches(tmp_path: Path) -> None:
+def test_load_or_train_rebuilds_after_a_change_and_keeps_the_most_recently_used(tmp_path: Path,
+                                                                               monkeypatch) -> None:
     emb = HashingEmbedder()
     cache = tmp_path / "cache"
     old = small_set()
@@ -410,7 +412,15 @@ def test_load_or_train_rebuilds_after_a_change_and_drops_old_caches(tmp_path: Pa
     emb.texts = 0
     load_or_train(new, cache, emb)
     assert emb.texts == len(new)
-    assert sorted(p.name for p in cache.iterdir()) == [f"triage-{new.fingerprint[:16]}.npz"]
+    names = {f"triage-{ts.fingerprint[:16]}.npz" for ts in (old, new)}
+    assert {p.name for p in cache.iterdir()} == names  # a shared folder keeps both (CACHE_KEEP)
+    emb.texts = 0
+    load_or_train(old, cache, emb)
+    assert emb.texts == 0  # the old one is still a hit, and now the most recently used
+    monkeypatch.setattr(generate, "CACHE_KEEP", 1)
+    third = small_set("How many owners are there?")
+    load_or_train(third, cache, emb)
+    assert {p.name for p in cache.iterdir()} == {f"triage-{third.fingerprint[:16]}.npz"}  # trimmed to one
     # another embedder (by name) is another model: rebuilt, not reused
     other = HashingEmbedder(name="another-model")
     load_or_train(new, cache, other)
@@ -509,3 +519,16 @@ def test_generated_examples_route_a_new_domain_with_minilm(kennel: Path) -> None
                                                                   strict=True)]
     assert all(g > 0 for g in sql_gain)
     assert tuned.predict(["Which vaccines does my dog need?"])[0].label == "rag"
+
+
+def test_a_help_center_folder_gives_the_outline_its_ingested_knowledge_base_gives(make_settings) -> None:
+    """Triage reads titles and headings from the folder as ingestion would split it (no embedding):
+    the same outline as reading the ingested knowledge base back."""
+    from knowledge.ingest import chunk_metadata
+    from switchboard.services import Services
+    from tools.routing.generate import outline_from_metadata
+
+    services = Services(make_settings())
+    from_store = knowledge_outline(services.kb)  # ingests the demo help center
+    from_folder = outline_from_metadata(chunk_metadata([services.settings.helpcenter_dir]))
+    assert from_folder == from_store and len(from_folder) >= 10

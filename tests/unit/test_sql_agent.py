@@ -190,9 +190,12 @@ def test_postgres_prompt_names_the_dialect_and_its_date_functions() -> None:
     url = os.environ.get("SWITCHBOARD_TEST_PG_URL")
     if not url:
         pytest.skip("SWITCHBOARD_TEST_PG_URL is not set")
+    from agents.profile import BusinessProfile
+    from switchboard.settings import DEMO_PROFILE
+
     db = ReadOnlyDatabase.from_url(url)
-    prompt = prompt_profile(db).system_prompt("(schema)")
-    db.close()
+    prompt = prompt_profile(db, BusinessProfile.load(DEMO_PROFILE)).system_prompt("(schema)")
+    db.close()  # the demo profile's notes on its own database, in PostgreSQL's dialect
     assert prompt.startswith("You write one PostgreSQL SELECT query that answers a question about the Chinook")
     assert "ILIKE" in prompt and "EXTRACT(YEAR FROM col)" in prompt and "or strftime." not in prompt
 

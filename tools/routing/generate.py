@@ -31,7 +31,7 @@ import tempfile
 import time
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -577,7 +577,23 @@ _PAGE_SECTION = re.compile(r"^page \d+$", re.I)
 
 
 def knowledge_outline(store: ChunkStore) -> list[tuple[str, list[str]]]:
-    """``(title, [section headings])`` per ingested document, read from chunk metadata.
+    """``(title, [section headings])`` per document ingested in ``store``, from its chunk metadata
+    (:func:`outline_from_metadata`); at most ``_MAX_CHUNKS_READ`` chunks are read."""
+    metadatas: list[Mapping[str, Any]] = []
+    offset = 0
+    while offset < _MAX_CHUNKS_READ:
+        page = store.collection.get(include=["metadatas"], limit=_CHUNK_PAGE, offset=offset)
+        rows = list(page.get("metadatas") or []) if isinstance(page, dict) else list(page["metadatas"] or [])
+        metadatas.extend(m for m in rows if m)
+        if len(rows) < _CHUNK_PAGE:
+            break
+        offset += _CHUNK_PAGE
+    return outline_from_metadata(metadatas)
+
+
+def outline_from_metadata(metadatas: Iterable[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
+    """``(title, [section headings])`` per document, from chunk metadata (what ingestion stores
+    per chunk, or ``knowledge.ingest.chunk_metadata`` for a folder not ingested yet).
 
     Sections are the Markdown heading paths ingestion stores (``"H2 > H3"``, merged sections
     joined by ``" | "``); each heading appears once, in document order. PDF ``page N`` labels
@@ -586,25 +602,18 @@ def knowledge_outline(store: ChunkStore) -> list[tuple[str, list[str]]]:
     ``_MAX_SECTIONS`` headings each. Sorted by title.
     """
     docs: dict[str, dict[str, Any]] = {}
-    offset = 0
-    while offset < _MAX_CHUNKS_READ:
-        page = store.collection.get(include=["metadatas"], limit=_CHUNK_PAGE, offset=offset)
-        metadatas = list(page.get("metadatas") or []) if isinstance(page, dict) else list(page["metadatas"] or [])
-        for meta in metadatas:
-            if not meta:
-                continue
-            source = str(meta.get("source", ""))
-            doc = docs.setdefault(source, {"title": "", "flagged": False, "sections": []})
-            doc["title"] = doc["title"] or str(meta.get("title", "")).strip()
-            doc["flagged"] = doc["flagged"] or bool(str(meta.get("flagged", "")).strip())
-            try:
-                index = int(meta.get("chunk", 0))
-            except (TypeError, ValueError):
-                index = 0
-            doc["sections"].append((index, str(meta.get("section", ""))))
-        if len(metadatas) < _CHUNK_PAGE:
+    for n, meta in enumerate(metadatas):
+        if n >= _MAX_CHUNKS_READ:
             break
-        offset += _CHUNK_PAGE
+        source = str(meta.get("source", ""))
+        doc = docs.setdefault(source, {"title": "", "flagged": False, "sections": []})
+        doc["title"] = doc["title"] or str(meta.get("title", "")).strip()
+        doc["flagged"] = doc["flagged"] or bool(str(meta.get("flagged", "")).strip())
+        try:
+            index = int(meta.get("chunk", 0))
+        except (TypeError, ValueError):
+            index = 0
+        doc["sections"].append((index, str(meta.get("section", ""))))
     outline: list[tuple[str, list[str]]] = []
     for source in sorted(docs, key=lambda s: (docs[s]["title"].casefold(), s)):
         doc = docs[source]
@@ -842,6 +851,7 @@ def embedder_identity(embedder: object | None) -> str:
 
 
 _CACHE_FORMAT = 1
+CACHE_KEEP = 16  # classifiers kept in a cache folder (several data dirs, databases, tests may share one)
 _CACHE_PREFIX = "triage-"
 _CACHE_SUFFIX = ".npz"
 _STALE_TMP_S = 600
@@ -876,6 +886,13 @@ def _read_cache(path: Path, ts: TrainingSet, meta: str) -> np.ndarray | None:
     return X
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _write_cache(path: Path, X: np.ndarray, ts: TrainingSet, meta: str) -> None:
     """Write atomically (temp file + rename), then remove other triage caches. Never raises."""
     tmp: str | None = None
@@ -896,7 +913,8 @@ def _write_cache(path: Path, X: np.ndarray, ts: TrainingSet, meta: str) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
     now = time.time()
-    for old in path.parent.glob(f"{_CACHE_PREFIX}*{_CACHE_SUFFIX}"):
+    kept = sorted(path.parent.glob(f"{_CACHE_PREFIX}*{_CACHE_SUFFIX}"), key=_mtime, reverse=True)
+    for old in kept[CACHE_KEEP:]:  # the least recently used, past the newest CACHE_KEEP
         if old != path:
             old.unlink(missing_ok=True)
     for stale in path.parent.glob(f".{_CACHE_PREFIX}*.tmp"):
@@ -911,7 +929,8 @@ def load_or_train(ts: TrainingSet, cache_dir: Path, embedder: MiniLMEmbedder | N
                   *, C: float = 10.0) -> IntentClassifier:
     """The classifier for ``ts``, from ``cache_dir`` when an earlier call stored it (no
     embedding then), else embedded, fitted and stored as ``triage-<fingerprint[:16]>.npz``
-    (embedding matrix, labels, weights; no pickle), replacing older triage caches.
+    (embedding matrix, labels, weights; no pickle); the folder keeps the :data:`CACHE_KEEP` most
+    recently used.
 
     The cache is keyed by ``ts.fingerprint``, :func:`embedder_identity` and ``C``; a file that is
     unreadable or does not match is rebuilt. Failing to write the cache only logs a warning.
@@ -923,6 +942,10 @@ def load_or_train(ts: TrainingSet, cache_dir: Path, embedder: MiniLMEmbedder | N
     clf = IntentClassifier(embedder, C=C)
     X = _read_cache(path, ts, meta)
     if X is not None:
+        try:
+            os.utime(path)  # recently used: kept when the folder is trimmed
+        except OSError:
+            pass
         log.info("triage classifier loaded from %s (%d examples)", path, len(ts))
         return clf.fit_vectors(X, ts.labels, sample_weight=ts.weights)
     started = time.perf_counter()
