@@ -22,11 +22,13 @@ Example:
 {example}"""
 
 # What SQL_SYSTEM says about a profile's own database comes from the profile (its ``sql`` notes).
-# Any other database: named after its file or database name, with an example on its own table.
+# Any other database: the business's (a profile `switchboard init` wrote), or else named after its
+# file or database name; with an example on its own table.
+SQL_BUSINESS_SUBJECT = "the database of {business}"
 SQL_GENERIC_SUBJECT = "the {name} database"
-SQL_GENERIC_EXAMPLE = """Question: How many rows does the {table} table have?
+SQL_GENERIC_EXAMPLE = """Question: How many {things} are there?
 SQL: SELECT COUNT(*) FROM {table}
-ANSWER: The {table} table has {{result}} rows."""
+ANSWER: There are {{result}} {things}."""
 
 # Said once per prompt for dialects whose habits differ from SQLite's (none for SQLite itself).
 SQL_DIALECT_NOTES = {

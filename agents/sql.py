@@ -183,12 +183,21 @@ def prompt_profile(db: ReadOnlyDatabase, business: BusinessProfile | None = None
     if not tables:
         raise ValueError(f"{db!r} has no tables to query")
     example_table = max(tables, key=lambda t: (t.row_count > 0, -len(t.name))).name  # a short, filled one
-    return PromptProfile(
-        dialect,
-        prompts.SQL_GENERIC_SUBJECT.format(name=database_name(db)),
-        dialect_notes,
-        prompts.SQL_GENERIC_EXAMPLE.format(table=example_table),
-    )
+    # a profile without notes of its own is the one written for this database (init); the demo's
+    # profile beside another database says nothing about it
+    subject = (prompts.SQL_BUSINESS_SUBJECT.format(business=business.business)
+               if business is not None and business.sql is None
+               else prompts.SQL_GENERIC_SUBJECT.format(name=database_name(db)))
+    return PromptProfile(dialect, subject, dialect_notes,
+                         prompts.SQL_GENERIC_EXAMPLE.format(table=example_table, things=_things(example_table)))
+
+
+def _things(table: str) -> str:
+    """A table's rows in words: ``concert_hall_bookings`` -> "concert hall bookings", ``Dogs`` -> "dogs"."""
+    from tools.routing.generate import plural, singular, words
+
+    ws = [w.lower() for w in words(table)] or [table.lower()]
+    return " ".join([*ws[:-1], plural(singular(ws[-1]))])
 
 
 def claims_a_change(template: str) -> bool:

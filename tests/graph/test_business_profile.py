@@ -70,9 +70,9 @@ async def test_no_prompt_names_the_demo_store_under_another_business(kennel, tmp
     for call in fake.calls:
         text = "\n".join(str(m.content) for m in call)
         assert "Chinook" not in text and "music" not in text.lower(), text[:300]
-    named = [s for s in systems if "SELECT query" not in s]  # SQL names the database it queries instead
-    assert named and all(NAME in s for s in named)
-    assert all("the kennel database" in s for s in systems if "SELECT query" in s)
+    assert all(NAME in s for s in systems)  # every prompt names the business it answers for
+    assert all("the database of Paws & Stay Kennels, a dog boarding kennel" in s
+               for s in systems if "SELECT query" in s)
 
 
 def test_the_demo_profile_is_the_default_and_a_written_one_replaces_it(make_settings):

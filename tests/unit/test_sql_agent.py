@@ -179,8 +179,8 @@ def test_other_databases_get_a_generic_prompt_with_an_example_on_their_own_table
     assert prompt.startswith("You write one SQLite SELECT query that answers a question about the concerts database.")
     assert "Chinook" not in prompt and "Invoice" not in prompt and "Album" not in prompt
     assert prompt.endswith(
-        "Question: How many rows does the singer table have?\nSQL: SELECT COUNT(*) FROM singer\n"
-        "ANSWER: The singer table has {result} rows."
+        "Question: How many singers are there?\nSQL: SELECT COUNT(*) FROM singer\n"
+        "ANSWER: There are {result} singers."
     )
 
 
