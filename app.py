@@ -178,7 +178,7 @@ def _valid_policy(value: Any) -> str:
 
 @cl.on_chat_start
 async def on_chat_start() -> None:
-    policy = _valid_policy(cl.user_session.get("policy"))
+    policy = policy_of_session()
     cl.user_session.set("policy", policy)
     await send_settings(policy)
     await cl.Message(content=banner_markdown(SERVICES, cl.user_session.get("policy"))).send()

@@ -380,10 +380,10 @@ def _one_general_part(subtasks: list[Subtask]) -> list[Subtask]:
     can you help me with?" is one question, not a greeting answered apart), and a greeting or thanks
     beside a real request is not a part at all. Parts are numbered again in order."""
     general = [s for s in subtasks if s.agent == "general" and not s.depends_on]
-    if len(general) < 2 and not (general and len(subtasks) > 1 and _PLEASANTRY.match(general[0].task.strip())):
-        return subtasks
     others = [s for s in subtasks if s not in general]
     kept = [s for s in general if not (others and _PLEASANTRY.match(s.task.strip()))]
+    if len(kept) == len(general) < 2:
+        return subtasks  # nothing to merge, nothing to drop
     out: list[Subtask] = []
     for s in subtasks:
         if s in general:

@@ -58,17 +58,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "business"
 
 
-def _check_database(url: str) -> tuple[Any, list[str]]:
+def _check_database(url: str) -> list[str]:
+    """The database's tables; it is closed again (Switchboard opens its own)."""
     from tools.sql.database import ReadOnlyDatabase
 
     try:
         db = ReadOnlyDatabase.from_url(url)
-        tables = db.table_names()
+        try:
+            tables = db.table_names()
+        finally:
+            db.close()
     except Exception as exc:  # noqa: BLE001 - any driver error: say what it was
         raise InitError(f"cannot open the database {url!r}: {exc}") from exc
     if not tables:
         raise InitError(f"the database {url!r} has no tables to answer questions from")
-    return db, tables
+    return tables
 
 
 def _check_docs(folder: Path) -> int:
@@ -122,7 +126,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if missing:
         raise InitError(f"say {' and '.join(missing)} (or run it in a terminal to be asked)")
     started = time.monotonic()
-    db, tables = _check_database(database)
+    tables = _check_database(database)
     folder = Path(docs).expanduser().resolve()
     n_docs = _check_docs(folder)
     print(f"database: {len(tables)} table(s): {', '.join(tables[:12])}{' ...' if len(tables) > 12 else ''}")
@@ -135,9 +139,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     description = args.description or _ask("One line about it", kind, interactive)
     noun = args.noun or (kind.split()[-1] if kind.split() else "business")
     held = _database_phrase(tables)
+    first_held = held.split(", ")[0] if held else "records"
     try:
         profile = BusinessProfile(name=name, kind=kind, description=description, noun=noun, database=held,
-                                  topics=f"your {held.split(', ')[0] if held else 'records'}, data or {noun} policies",
+                                  topics=f"your {first_held}, data or {noun} policies",
                                   tone=args.tone or "briefly and politely")
     except ProfileError as exc:
         raise InitError(str(exc)) from exc
@@ -166,16 +171,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     services.kb  # noqa: B018 - opening it ingests the docs folder into the business's own collection
     print(f"knowledge base: {services.kb_report}")
     built = time.monotonic()
-    triage = services.triage
+    services.triage  # noqa: B018 - trains (or loads) the classifier, timed here
     counts = services.route_training.counts()
     print(f"triage: trained on {len(services.route_training)} examples ({counts.get('routes', 0)} from "
           f"{chosen['routes_file']}, {counts.get('schema', 0)} from the schema, {counts.get('knowledge', 0)} from "
           f"the docs) in {time.monotonic() - built:.1f} s")
-    from tools.routing.generate import self_check
+    from tools.routing.generate import cached_vectors, self_check
 
     print("\nrouting self-check (cross-validated on the examples):")
-    print(self_check(services.route_training, triage.classifier.embedder).render())
+    ts, embedder = services.route_training, services.embedder  # the embeddings triage just trained on
+    print(self_check(ts, embedder, vectors=cached_vectors(ts, services.settings.triage_cache_dir, embedder)).render())
     print(f"\ndone in {time.monotonic() - started:.1f} s. Try it:\n"
-          f"  switchboard ask \"How many {held.split(', ')[0] if held else 'records'} are there?\"\n"
+          f"  switchboard ask \"How many {first_held} are there?\"\n"
           f"  chainlit run app.py")
     return 0

@@ -70,6 +70,11 @@ def serve_in_thread(app: FastAPI) -> Iterator[str]:
         sock.close()
 
 
+def user(text: str) -> list[dict[str, Any]]:
+    """One user message, as chat-completion requests carry it."""
+    return [{"role": "user", "content": text}]
+
+
 # --- the HTTP door's stack: a scripted text model and a scripted vision model ---------------
 KEY = "sk-" + "test-http-0123456789abcdef"  # built at run time, so scripts/scan_secrets.py passes
 OTHER_KEY = "second-key-0123456789abcdef"

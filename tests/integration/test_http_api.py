@@ -36,6 +36,7 @@ from tests.stacks import (
     VISION_ANSWER,
     scripted_board,
     serve_in_thread,
+    user,
 )
 
 
@@ -81,10 +82,6 @@ def stack(served: Stack) -> Stack:
 @pytest.fixture
 def client(stack: Stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=KEY, max_retries=0, timeout=60)
-
-
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
 
 
 def data_url(data: bytes, mime: str = "image/png") -> str:

@@ -23,7 +23,7 @@ from switchboard.api import Switchboard
 from switchboard.server import create_app
 from switchboard.settings import Settings
 from tests.fakes import ScriptedChatModel
-from tests.stacks import KEY, REGISTRY, scripted_board, serve_in_thread
+from tests.stacks import KEY, REGISTRY, scripted_board, serve_in_thread, user
 
 # the general specialist's answer: 40 words, written one word per ``token_delay_s``
 GENERAL = ("Hello there! I am the Chinook support assistant and I can help with orders, downloads, invoices "
@@ -72,10 +72,6 @@ def stack(served: Stack) -> Stack:
 @pytest.fixture
 def client(stack: Stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=KEY, max_retries=0, timeout=120)
-
-
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
 
 
 def streamed(client: openai.OpenAI, question: str, conversation: str) -> list[tuple[float, str]]:

@@ -861,6 +861,13 @@ def cache_path(ts: TrainingSet, cache_dir: Path) -> Path:
     return Path(cache_dir) / f"{_CACHE_PREFIX}{ts.fingerprint[:16]}{_CACHE_SUFFIX}"
 
 
+def cached_vectors(ts: TrainingSet, cache_dir: Path, embedder: MiniLMEmbedder | None = None, *,
+                   C: float = 10.0) -> np.ndarray | None:
+    """The embeddings :func:`load_or_train` stored for ``ts`` (None when there are none that
+    match): what :func:`self_check` would otherwise embed again."""
+    return _read_cache(cache_path(ts, cache_dir), ts, _cache_meta(ts, embedder, C))
+
+
 def _cache_meta(ts: TrainingSet, embedder: object | None, C: float) -> str:
     return json.dumps({"format": _CACHE_FORMAT, "fingerprint": ts.fingerprint,
                        "embedder": embedder_identity(embedder), "C": C}, sort_keys=True)
