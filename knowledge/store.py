@@ -15,12 +15,19 @@ document changed, and it is always written last so an interrupted write never lo
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlparse
+
+import numpy as np
+
+from knowledge.lexical import BM25, LEXICAL_WEIGHT, fuse
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -38,8 +45,17 @@ to SQL is triage's job; no threshold separates them from genuine help-center que
 """
 PER_SOURCE_DEPTH = 4
 """``search(per_source=True)`` reads ``k`` times this many chunks to find ``k`` distinct documents."""
+HYBRID_DEPTH = 30
+"""Hybrid search fuses the best this many chunks of each side (dense and BM25) before cutting to ``k``."""
+MAX_LEXICAL_CHUNKS = 200_000
+"""Above this many chunks the BM25 index (held in memory by every process) is not built: dense only."""
+LEXICAL_MAX_AGE_S = 300.0
+"""Another process (an ingest, a replica) may change a shared collection without changing its size:
+the BM25 index is rebuilt at least this often, besides whenever the chunk count changes."""
 DEFAULT_COLLECTION = "helpcenter"
 _GET_PAGE = 1000
+
+log = logging.getLogger("switchboard.knowledge")
 
 
 class KnowledgeStoreError(RuntimeError):
@@ -58,6 +74,17 @@ class Hit:
     score: float
     section: str = ""
     flagged: str = ""  # the document holds instruction-like text (``knowledge.screening``): not evidence
+    relevance: float = 0.0  # what hybrid search ranked by: the cosine plus the BM25 share (``knowledge.lexical``)
+
+
+@dataclass(frozen=True)
+class _LexicalIndex:
+    """BM25 over every chunk as it was embedded (title, section, text), with the chunks' ids."""
+
+    ids: list[str]
+    bm25: BM25
+    count: int
+    built: float  # time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -154,9 +181,14 @@ def _check_space(collection: Collection) -> None:
 class KnowledgeStore:
     """Chunks of documents in one Chroma collection, keyed by ``source``."""
 
-    def __init__(self, collection: Collection, embedder: MiniLMEmbedder | None = None) -> None:
+    def __init__(
+        self, collection: Collection, embedder: MiniLMEmbedder | None = None, lexical_weight: float = LEXICAL_WEIGHT
+    ) -> None:
         self.collection = collection
         self._embedder = embedder
+        self.lexical_weight = lexical_weight  # 0: dense search only
+        self._lexical: _LexicalIndex | None = None
+        self._lexical_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -250,6 +282,7 @@ class KnowledgeStore:
                 metadatas=[metadatas[i] for i in sel],
                 embeddings=[embeddings[i] for i in sel],
             )
+        self._lexical = None
         return len(chunks)
 
     def delete_source(self, source: str) -> int:
@@ -257,27 +290,84 @@ class KnowledgeStore:
         ids = self.chunk_ids(source)
         if ids:
             self.collection.delete(ids=ids)
+            self._lexical = None
         return len(ids)
 
     def search(
         self, query: str, k: int = 5, where: dict[str, Any] | None = None, *, per_source: bool = False
     ) -> list[Hit]:
-        """The ``k`` chunks most similar to ``query`` (optionally filtered by metadata).
+        """The ``k`` chunks that best match ``query`` (optionally filtered by metadata).
 
-        Scores are cosine similarities in [-1, 1]; MiniLM puts unrelated text below ~0.2.
+        Hybrid by default: the :data:`HYBRID_DEPTH` nearest chunks by MiniLM cosine and the as
+        many best by BM25 are ranked by :func:`knowledge.lexical.fuse` (``Hit.relevance``).
+        ``Hit.score`` stays the cosine similarity in [-1, 1] (MiniLM puts unrelated text below
+        ~0.2), so "is anything relevant?" thresholds keep their meaning. A ``where`` filter, a
+        ``lexical_weight`` of 0 or a collection over :data:`MAX_LEXICAL_CHUNKS` searches dense only.
         ``per_source=True`` keeps only the best chunk of each document, so ``k`` hits are ``k``
-        different documents (fewer if the ``k * PER_SOURCE_DEPTH`` nearest chunks hold fewer).
+        different documents (fewer if the ``k * PER_SOURCE_DEPTH`` best chunks hold fewer).
         """
         if not query.strip() or k <= 0:
             return []
         total = self.count()
         if total == 0:
             return []
-        hits = self._query(query, min(k * PER_SOURCE_DEPTH if per_source else k, total), where)
+        n = min(k * PER_SOURCE_DEPTH if per_source else k, total)
+        vector = self.embedder.embed([query])[0]
+        lexical = self._lexical_index(total) if where is None and self.lexical_weight > 0 else None
+        if lexical is None:
+            hits = self._query(vector, n, where)
+        else:
+            hits = self._hybrid(query, vector, n, total, lexical)
         return best_per_source(hits, k) if per_source else hits
 
-    def _query(self, query: str, n: int, where: dict[str, Any] | None) -> list[Hit]:
-        vector = self.embedder.embed([query])[0]
+    def _hybrid(self, query: str, vector: np.ndarray, n: int, total: int, lexical: _LexicalIndex) -> list[Hit]:
+        depth = min(total, max(n, HYBRID_DEPTH))
+        dense = {chunk_id(h.source, h.chunk): h for h in self._query(vector, depth, None)}
+        idx, scores = lexical.bm25.top(query, depth)
+        by_lexical = {lexical.ids[i]: float(s) for i, s in zip(idx.tolist(), scores.tolist(), strict=True)}
+        missing = [cid for cid in by_lexical if cid not in dense]
+        if missing:  # BM25 finds them, the vector search did not: their cosine from their stored vectors
+            got = self.collection.get(ids=missing, include=["documents", "metadatas", "embeddings"])
+            vectors = np.asarray(got["embeddings"], dtype=np.float32) if len(got["ids"]) else np.zeros((0, 1))
+            for cid, doc, meta, vec in zip(got["ids"], got["documents"] or [], got["metadatas"] or [], vectors,
+                                           strict=True):
+                dense[cid] = _hit(doc, meta, float(np.dot(vec, vector)))
+        best = max(by_lexical.values(), default=0.0)
+        fused = [replace(h, relevance=round(fuse(h.score, by_lexical.get(cid, 0.0), best, self.lexical_weight), 4))
+                 for cid, h in dense.items()]
+        fused.sort(key=lambda h: (-h.relevance, -h.score, h.source, h.chunk))
+        return fused[:n]
+
+    def _lexical_index(self, total: int) -> _LexicalIndex | None:
+        """The BM25 index, rebuilt when the chunk count changed, this store wrote, or it is
+        :data:`LEXICAL_MAX_AGE_S` old; None (dense only) for a collection too large to hold."""
+        if total > MAX_LEXICAL_CHUNKS:
+            return None
+        with self._lexical_lock:
+            index = self._lexical
+            if index is None or index.count != total or time.monotonic() - index.built > LEXICAL_MAX_AGE_S:
+                index = self._lexical = self._build_lexical()
+            return index
+
+    def _build_lexical(self) -> _LexicalIndex:
+        started = time.perf_counter()
+        ids: list[str] = []
+        texts: list[str] = []
+        offset = 0
+        while True:
+            page = self.collection.get(include=["documents", "metadatas"], limit=_GET_PAGE, offset=offset)
+            docs, metas = page["documents"] or [], page["metadatas"] or []
+            for cid, doc, meta in zip(page["ids"], docs, metas, strict=True):
+                ids.append(cid)
+                texts.append(embedding_text(str(meta.get("title", "")), Chunk(doc or "", str(meta.get("section", "")))))
+            if len(page["ids"]) < _GET_PAGE:
+                break
+            offset += _GET_PAGE
+        index = _LexicalIndex(ids, BM25(texts), len(ids), time.monotonic())
+        log.info("knowledge: BM25 index of %d chunks built in %.0f ms", len(ids), (time.perf_counter() - started) * 1000)
+        return index
+
+    def _query(self, vector: np.ndarray, n: int, where: dict[str, Any] | None) -> list[Hit]:
         result = self.collection.query(
             query_embeddings=[vector],
             n_results=n,
@@ -287,19 +377,7 @@ class KnowledgeStore:
         docs = (result["documents"] or [[]])[0]
         metas = (result["metadatas"] or [[]])[0]
         dists = (result["distances"] or [[]])[0]
-        return [
-            Hit(
-                text=doc or "",
-                title=str(meta.get("title", "")),
-                source=str(meta.get("source", "")),
-                url=str(meta.get("url", "")),
-                chunk=int(cast(int, meta.get("chunk", 0))),  # written as an int by upsert_document
-                score=round(1.0 - float(dist), 4),
-                section=str(meta.get("section", "")),
-                flagged=str(meta.get("flagged", "")),
-            )
-            for doc, meta, dist in zip(docs, metas, dists, strict=True)
-        ]
+        return [_hit(doc, meta, 1.0 - float(dist)) for doc, meta, dist in zip(docs, metas, dists, strict=True)]
 
     def _max_batch(self) -> int:
         try:
@@ -333,6 +411,20 @@ def embedding_text(title: str, chunk: Chunk) -> str:
     heading = " > ".join(part for part in (title, chunk.section) if part)
     body = _WS.sub(" ", chunk.text).strip()
     return f"{heading}\n{body}" if heading else body
+
+
+def _hit(doc: str | None, meta: Any, cosine: float) -> Hit:
+    return Hit(
+        text=doc or "",
+        title=str(meta.get("title", "")),
+        source=str(meta.get("source", "")),
+        url=str(meta.get("url", "")),
+        chunk=int(cast(int, meta.get("chunk", 0))),  # written as an int by upsert_document
+        score=round(cosine, 4),
+        section=str(meta.get("section", "")),
+        flagged=str(meta.get("flagged", "")),
+        relevance=round(cosine, 4),
+    )
 
 
 def _source_info(meta: Any) -> SourceInfo:

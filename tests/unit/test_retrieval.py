@@ -44,7 +44,7 @@ def test_refund_policy_question_finds_the_refunds_article_first(store: Knowledge
     assert hits[0].title == "Refund policy"
     assert hits[0].url == f"{ARTICLE_URL}refunds"
     assert hits[0].score >= RELEVANCE_THRESHOLD
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert [h.relevance for h in hits] == sorted((h.relevance for h in hits), reverse=True)
 
 
 @pytest.mark.parametrize(
