@@ -1,6 +1,18 @@
 """The knowledge-base specialist: retrieve help-center passages, answer only from them, cite.
 
-If nothing relevant is retrieved it says so, without calling a model at all. Citations are
+Retrieval is hybrid (MiniLM vectors fused with BM25, ``knowledge.lexical``). Whether the help
+center covers a question is decided by retrieval scores alone: if no passage's cosine reaches
+``min_score`` the answer says so without calling a model; otherwise the model is not asked to
+judge (a small model declined half the WixQA questions whose article it had been given). The
+answer starts with the sentence of the top passage that best matches the question, quoted and
+cited (:func:`lead_sentence`, sent before the model has read its prompt), then the model's short
+answer; a model sentence saying the passages do not cover it is dropped after such a lead.
+
+A follow-up ("and for albums?") is searched with the last turn folded in, and alone; the search
+whose best passage scores higher wins, so "Also, what payment methods do you accept?" after an
+unrelated turn is not diluted by it.
+
+Citations are
 per *article*: the model cites passages ``[1]..[k]``; the answer the customer sees numbers the
 articles those passages come from, so two chunks of one article are one source.
 
@@ -37,6 +49,13 @@ TOP_K = 3
 SCREEN_DEPTH = 2  # search top_k times this many, so quarantined passages are replaced by the next ones
 MIN_SCORE = 0.30  # below this the best passage is unrelated (measured on the demo help center)
 PASSAGE_CHARS = 450
+RELEVANCE_MARGIN = 0.07
+"""Passages more than this below the best one's hybrid relevance are left out of the prompt.
+
+Measured with bench/rag_wixqa.py's index (160 WixQA questions, top 3 passages): every passage
+given, all of them come from a gold article for 37.5% of questions and at least one for 91.2%;
+within 0.07 of the best, 65.0% and 90.0%, with 2.0 passages instead of 3 (a shorter prompt).
+A small model cites what it is given, so a weaker passage is mostly a wrong citation."""
 PER_ARTICLE = False
 """Give the model the best chunk of ``TOP_K`` different articles (True) or the ``TOP_K`` best chunks.
 
@@ -58,10 +77,12 @@ class RAGEvidence(Evidence, total=False):
     quarantined: list[dict[str, Any]]  # passages left out for instruction-like text, with the reason
     citations: list[dict[str, Any]]
     passages: str  # the passages as the model saw them (what a validator checks against)
+    lead: str  # the sentence quoted from the top passage that the answer starts with ("" if none)
 
 
 class RAGAgent:
-    """Answers from ``top_k`` retrieved passages scoring at least ``min_score``.
+    """Answers from ``top_k`` retrieved passages scoring at least ``min_score`` and within
+    ``margin`` of the best one's relevance.
 
     ``per_article=True`` gives the model the best chunk of ``top_k`` different articles
     instead of the ``top_k`` best chunks (which may all come from one article).
@@ -72,12 +93,14 @@ class RAGAgent:
     label: ClassVar[str] = "From the help center"  # introduces its part of a combined answer
 
     def __init__(
-        self, services: AgentServices, top_k: int = TOP_K, min_score: float = MIN_SCORE, per_article: bool = PER_ARTICLE
+        self, services: AgentServices, top_k: int = TOP_K, min_score: float = MIN_SCORE, per_article: bool = PER_ARTICLE,
+        margin: float = RELEVANCE_MARGIN,
     ) -> None:
         self.services = services
         self.top_k = top_k
         self.min_score = min_score
         self.per_article = per_article
+        self.margin = margin
 
     @staticmethod
     def checkable(evidence: RAGEvidence) -> tuple[str, str] | None:
@@ -88,10 +111,7 @@ class RAGAgent:
         async with specialist(self.name, handoff, RAGEvidence()) as out:
             question = out.subtask["task"]
             # off the event loop: embedding + Chroma are blocking, and other conversations' turns wait on it
-            found = await asyncio.to_thread(
-                self.services.kb.search, search_query(handoff, question), k=self.top_k * SCREEN_DEPTH,
-                per_source=self.per_article,
-            )
+            found = await asyncio.to_thread(self._search, handoff, question)
             hits, quarantined = screen(found)
             hits = hits[: self.top_k]
             if quarantined:
@@ -104,7 +124,7 @@ class RAGAgent:
             out.evidence["retrieved"] = [
                 {"title": h.title, "source": h.source, "url": h.url, "score": round(h.score, 3)} for h in hits
             ]
-            relevant = curated_first([h for h in hits if h.score >= self.min_score],
+            relevant = curated_first(close_to_best([h for h in hits if h.score >= self.min_score], self.margin),
                                      self.services.agent_config.helpcenter_dir)
             if not relevant:
                 out.answer = NOT_FOUND
@@ -121,17 +141,22 @@ class RAGAgent:
                 ),
             ]
             passages = [h.text for h in relevant]
+            lead = await asyncio.to_thread(lead_sentence, question, relevant[0], self.services)
+            out.evidence["lead"] = lead
+
+            def answer_text(text: str) -> str:  # the model's text as the answer has it, markers per passage
+                return with_lead(lead, attribute(text.strip(), passages, self.services))
 
             def finished_text(text: str) -> str:  # what the answer's text will be (before its Sources line)
-                return cite_articles(attribute(text.strip(), passages, self.services), relevant)[0]
+                return cite_articles(answer_text(text), relevant)[0]
 
             reply, entry = await call_model(
                 handle, msgs, agent="rag", task=question, max_tokens=160, subtask_id=out.subtask["id"],
-                answer=PartStream(out.subtask["id"], self.name, finished_text, blocking=True),
+                answer=PartStream(out.subtask["id"], self.name, finished_text, blocking=True,
+                                  lead=cite_articles(lead, relevant)[0]),
             )
             out.ledger.append(entry)
-            text = await asyncio.to_thread(attribute, str(reply.content).strip(), passages,
-                                           self.services)  # embeddings: off the event loop
+            text = await asyncio.to_thread(answer_text, str(reply.content))  # embeddings: off the event loop
             text, citations = cite_articles(text, relevant)
             out.evidence["model"] = handle.spec.name
             out.evidence["citations"] = citations
@@ -140,11 +165,92 @@ class RAGAgent:
         return out.update()
 
 
+    def _search(self, handoff: Handoff, question: str) -> list[Hit]:
+        """The question's passages; a follow-up's from the better of two searches (see the module doc)."""
+        def search(query: str) -> list[Hit]:
+            return self.services.kb.search(query, k=self.top_k * SCREEN_DEPTH, per_source=self.per_article)
+
+        alone = search(question)
+        query = search_query(handoff, question)
+        if query == question:
+            return alone
+        folded = search(query)
+        return max(folded, alone, key=lambda hits: hits[0].score if hits else -1.0)  # ties: the folded search
+
+
 def search_query(handoff: Handoff, question: str) -> str:
     """Fold the last turn into an elliptical follow-up ("and for albums?" needs the topic)."""
     if looks_like_follow_up(question) and handoff.get("summary"):
         return f"{handoff['summary'].splitlines()[-1]} {question}"
     return question
+
+
+LEAD_MIN_WORDS = 5
+LEAD_MAX_WORDS = 60
+LEAD_MIN_SCORE = 0.25  # cosine of the sentence to the question; below it no sentence is quoted
+_SENTENCE = re.compile(r"(?<=[.!?])[ \t]+(?=[A-Z\[\"“(])")
+_LIST_MARK = re.compile(r"^\s*(?:[-*+>]|#{1,6}|\d{1,2}[.)])\s+")
+DECLINE = re.compile(
+    r"\b(?:could not|couldn't|cannot|can't|unable to|did not|didn't) find\b[^.]*\b(?:help[- ]?cent(?:er|re)|passages?)\b"
+    r"|\bpassages? (?:do|does) not (?:contain|mention|say|cover|provide|include)\b"
+    r"|\b(?:is|are) not (?:mentioned|covered|included) in the (?:passages?|help[- ]?cent(?:er|re))\b",
+    re.IGNORECASE,
+)
+"""A model sentence saying the passages do not answer (the wording the local model uses)."""
+
+
+def _blocks(text: str) -> list[str]:
+    """A passage's paragraphs, headings and list items, with hard-wrapped lines joined."""
+    out: list[str] = []
+    for paragraph in re.split(r"\n[ \t]*\n", text):
+        for line in paragraph.splitlines():
+            joins = out and out[-1] and not out[-1].startswith("#") and not _LIST_MARK.match(line)
+            if joins and line.strip():
+                out[-1] += " " + line.strip()
+            else:
+                out.append(line.strip())
+        out.append("")
+    return [b for b in out if b]
+
+
+def passage_sentences(text: str) -> list[str]:
+    """The sentences of a passage worth quoting: list markers and headings stripped, 5-60 words."""
+    out = []
+    blocks = [b for b in _blocks(text) if not b.startswith("#")]
+    for part in (p for b in blocks for p in _SENTENCE.split(_LIST_MARK.sub("", b))):
+        sentence = _squash(part)
+        words = len(sentence.split())
+        if LEAD_MIN_WORDS <= words <= LEAD_MAX_WORDS and not sentence.endswith(":"):
+            out.append(sentence if sentence[-1] in ".!?" else sentence + ".")
+    return out
+
+
+def lead_sentence(question: str, top: Hit, services: AgentServices) -> str:
+    """The top passage's sentence most like the question, marked ``[1]``; "" when none is close enough."""
+    sentences = passage_sentences(top.text)
+    if not sentences:
+        return ""
+    emb = services.embedder
+    sims = emb.embed(sentences) @ emb.embed([question])[0]
+    best = int(sims.argmax())
+    return _append_marker(sentences[best], 1) if sims[best] >= LEAD_MIN_SCORE else ""
+
+
+def with_lead(lead: str, answer: str) -> str:
+    """The lead, then the model's answer without a sentence saying the passages do not cover it."""
+    if not lead:
+        return answer
+    parts = _SEGMENT.split(answer)
+    kept = "".join(p for i, p in enumerate(parts) if i % 2 or not DECLINE.search(p)).strip()
+    return f"{lead}\n\n{kept}" if kept else lead
+
+
+def close_to_best(hits: list[Hit], margin: float = RELEVANCE_MARGIN) -> list[Hit]:
+    """The hits within ``margin`` of the best one's relevance (see :data:`RELEVANCE_MARGIN`)."""
+    if not hits:
+        return []
+    best = max(h.relevance for h in hits)
+    return [h for h in hits if h.relevance >= best - margin]
 
 
 def screen(hits: list[Hit]) -> tuple[list[Hit], list[Hit]]:
@@ -178,7 +284,7 @@ def format_passages(hits: list[Hit]) -> str:
 def source_ref(hit: Hit) -> str:
     """What a citation shows: the article's URL, else its file name (``refunds.md``, or
     ``faq.jsonl#12`` for a record), never the server's path to it."""
-    return hit.url or _file_ref(hit.source)
+    return hit.url or file_ref(hit.source)
 
 
 _MARKER = re.compile(r"\[(\d+)\]")
@@ -205,7 +311,7 @@ def cite_articles(text: str, passages: list[Hit]) -> tuple[str, list[dict[str, A
             numbers[hit.source] = len(numbers) + 1
             citations.append(
                 {"n": numbers[hit.source], "title": hit.title, "url": source_ref(hit),
-                 "source": _file_ref(hit.source), "passages": []}
+                 "source": file_ref(hit.source), "passages": []}
             )
         cite = citations[numbers[hit.source] - 1]
         if n not in cite["passages"]:
@@ -260,7 +366,8 @@ def _append_marker(sentence: str, n: int) -> str:
     return f"{s[: len(s) - len(end)]} [{n}]{end}{sentence[len(s):]}"
 
 
-def _file_ref(source: str) -> str:
+def file_ref(source: str) -> str:
+    """A source as citations name it: ``/srv/kb/faq.jsonl#12`` -> ``faq.jsonl#12``."""
     path, sep, record = source.partition("#")
     return f"{Path(path).name}{sep}{record}"
 

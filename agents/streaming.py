@@ -33,12 +33,14 @@ _HELD_TAIL = re.compile(r"[\s.!?:,;]+$")  # an end mark may still get a citation
 class PartStream:
     """The answer of one part, as it is written. ``process`` turns finished model text into the
     specialist's answer text (``str.strip`` by default); ``blocking`` runs it off the event loop
-    (RAG's attribution embeds sentences)."""
+    (RAG's attribution embeds sentences). ``lead`` is text the answer starts with whatever the
+    model writes (RAG's sentence quoted from the top passage): it is sent as soon as a model call
+    starts, before the model has read its prompt, and ``process`` must return it first."""
 
     def __init__(self, subtask_id: str, agent: str, process: Callable[[str], str] = str.strip,
-                 *, blocking: bool = False) -> None:
+                 *, blocking: bool = False, lead: str = "") -> None:
         self.subtask_id, self.agent = subtask_id, agent
-        self.process, self.blocking = process, blocking
+        self.process, self.blocking, self.lead = process, blocking, lead
         self.stream_id = next(_ids)
         self.attempt = 0
         self.raw = ""
@@ -50,6 +52,8 @@ class PartStream:
         """A model call for this part begins (again, after a fallback)."""
         self.attempt += 1
         self.raw, self.sent, self._done_upto, self._done = "", "", 0, ""
+        if self.lead:
+            self._send(self.lead)
 
     async def cached(self, text: str) -> None:
         """The answer came from the response cache: all at once."""
@@ -65,13 +69,19 @@ class PartStream:
             head = self.raw[:cut]
             self._done = await asyncio.to_thread(self.process, head) if self.blocking else self.process(head)
             self._done_upto = cut
+        if self.lead:  # whole sentences only: ``process`` may drop one (RAG drops a decline after a lead)
+            self._send(self._done)
+            return
         tail = self.raw[self._done_upto:]
         separator = tail[: len(tail) - len(tail.lstrip())] if self._done else ""
         tail = tail.lstrip()
         tail = tail.split("[", 1)[0]
         tail = re.split(r"[ \t]{2}", tail, maxsplit=1)[0]
         tail = _HELD_TAIL.sub("", tail)
-        visible = self._done + (separator + tail if tail else "")
+        self._send(self._done + (separator + tail if tail else ""))
+
+    def _send(self, visible: str) -> None:
+        """Announce what ``visible`` adds to what was sent, when it extends it."""
         if visible.startswith(self.sent) and len(visible) > len(self.sent):
             delta, self.sent = visible[len(self.sent):], visible
             announce({"switchboard": "token", "subtask_id": self.subtask_id, "agent": self.agent,

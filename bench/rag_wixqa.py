@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
 import re
 import shutil
@@ -59,6 +58,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
+from langchain_core.messages import HumanMessage, SystemMessage
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -67,14 +67,24 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from agents import prompts, rag  # noqa: E402
 from agents.rag import MIN_SCORE, TOP_K, RAGAgent  # noqa: E402
 from knowledge.ingest import IngestReport, ingest  # noqa: E402
+from knowledge.lexical import BM25  # noqa: E402
 from knowledge.store import PER_SOURCE_DEPTH, Chunk, Hit, KnowledgeStore, best_per_source, embedding_text  # noqa: E402
 from switchboard.services import Services  # noqa: E402
 from switchboard.settings import Settings  # noqa: E402
+from tools.models.gateway import call_model  # noqa: E402
 from tools.models.registry import ModelHandle  # noqa: E402
 from tools.models.values import TierDecision  # noqa: E402
 from tools.observability.stats import percentile  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/rag/wixqa_sample"
+DEFAULT_NEGATIVES = Path(__file__).resolve().parents[1].parent / "shared/data/intents/clinc150/data_full.json"
+THRESHOLDS = (0.25, 0.30, 0.35, 0.40, 0.45)
+# The baseline the specialist is measured against: the same model, the same top passages, one call,
+# the usual RAG instruction (including "say so if the passages do not answer"), nothing around it.
+MODEL_ALONE_SYSTEM = """Answer the customer's question using only the help-center passages given.
+Cite each statement with the passage number in brackets, like [1].
+If the passages do not contain the answer, say you could not find it in the help center.
+Answer in at most two sentences."""
 HELPCENTER = ROOT / "knowledge" / "helpcenter"
 TEMPLATES = Path(__file__).parent / "data" / "rag_distractor_templates.yaml"
 COLLECTION = "wixqa-bench"
@@ -306,46 +316,6 @@ def time_queries(store: KnowledgeStore, questions: Sequence[Question], k: int) -
     return out
 
 
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def bm25_tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
-
-
-class BM25:
-    """Okapi BM25 over an inverted index in numpy (rank-bm25 is not a dependency).
-
-    idf = ln(1 + (N - df + 0.5) / (df + 0.5)) -- the non-negative variant Lucene uses.
-    """
-
-    def __init__(self, docs: Sequence[str], k1: float = 1.5, b: float = 0.75) -> None:
-        self.k1, self.b = k1, b
-        tokenised = [bm25_tokens(d) for d in docs]
-        self.n = len(tokenised)
-        self.lengths = np.array([len(t) for t in tokenised], dtype=np.float32)
-        self.avg = float(self.lengths.mean()) if self.n else 0.0
-        postings: dict[str, dict[int, int]] = {}
-        for i, toks in enumerate(tokenised):
-            for tok, tf in Counter(toks).items():
-                postings.setdefault(tok, {})[i] = tf
-        self.postings = {
-            tok: (np.fromiter(p.keys(), dtype=np.int64), np.fromiter(p.values(), dtype=np.float32))
-            for tok, p in postings.items()
-        }
-
-    def scores(self, query: str) -> np.ndarray:
-        out = np.zeros(self.n, dtype=np.float32)
-        for tok in set(bm25_tokens(query)):
-            if tok not in self.postings:
-                continue
-            idx, tf = self.postings[tok]
-            idf = math.log(1 + (self.n - len(idx) + 0.5) / (len(idx) + 0.5))
-            norm = self.k1 * (1 - self.b + self.b * self.lengths[idx] / self.avg)
-            out[idx] += idf * tf * (self.k1 + 1) / (tf + norm)
-        return out
-
-
 def all_chunks(store: KnowledgeStore, page: int = 1000) -> tuple[list[str], list[str]]:
     """(text as embedded, source) for every chunk in the collection."""
     texts: list[str] = []
@@ -406,6 +376,36 @@ def _passages(hits: Sequence[Hit], k: int, mode: PassageMode, min_score: float) 
     # the same selection as KnowledgeStore.search(per_source=True): k distinct in k * depth chunks
     chosen = best_per_source(hits[: k * PER_SOURCE_DEPTH], k) if mode == "articles" else list(hits[:k])
     return [h for h in chosen if h.score >= min_score]
+
+
+# --------------------------------------------------------------------------- the decline decision
+
+
+def load_negatives(path: Path, n: int, seed: int) -> list[str]:
+    """``n`` out-of-scope questions of CLINC150's test split (CC BY 3.0): nothing a help center answers."""
+    if n <= 0:
+        return []
+    if not path.is_file():
+        raise SystemExit(f"CLINC150 not found: {path} (pass --negatives-file, or --negatives 0)")
+    rows = json.loads(path.read_text(encoding="utf-8"))["oos_test"]
+    return random.Random(seed).sample([text for text, _ in rows], min(n, len(rows)))
+
+
+def top_scores(store: KnowledgeStore, queries: Sequence[str], k: int) -> list[float]:
+    """The best passage's cosine for each query, as the agent searches (hybrid, ``k`` chunks)."""
+    return [max((h.score for h in store.search(q, k=k)), default=-1.0) for q in queries]
+
+
+def print_declines(positives: Sequence[float], negatives: Sequence[float], chosen: float) -> None:
+    """The decline decision (best cosine < threshold) on answerable and on out-of-scope questions."""
+    print(f"\nDecline decision by retrieval score: {len(positives)} WixQA questions (all answerable) and "
+          f"{len(negatives)} CLINC150 out-of-scope questions (none is)")
+    print(f"{'threshold':>9} {'WixQA declined':>15} {'out-of-scope declined':>22}")
+    for t in sorted({*THRESHOLDS, chosen}):
+        mark = "  <- the agent's" if t == chosen else ""
+        wrong = statistics.fmean(p < t for p in positives)
+        right = statistics.fmean(n < t for n in negatives) if negatives else float("nan")
+        print(f"{t:>9.2f} {wrong:>15.3f} {right:>22.3f}{mark}")
 
 
 # --------------------------------------------------------------------------- answers
@@ -546,6 +546,26 @@ async def run_answers(agent: RAGAgent, questions: Sequence[Question], label: str
     return out
 
 
+async def run_model_alone(handle: ModelHandle, store: KnowledgeStore, questions: Sequence[Question],
+                          k: int) -> list[AnswerRecord]:
+    """The baseline: the top ``k`` passages of the same search, one call, MODEL_ALONE_SYSTEM, no lead,
+    no attribution, no decline decision; its ``[n]`` markers are its citations."""
+    out = []
+    for n, q in enumerate(questions, 1):
+        started = time.perf_counter()
+        hits = store.search(q.question, k=k)
+        messages = [SystemMessage(MODEL_ALONE_SYSTEM),
+                    HumanMessage(f"<passages>\n{rag.format_passages(hits)}\n</passages>\nQuestion: {q.question}")]
+        reply, _ = await call_model(handle, messages, agent="alone", task=q.question, max_tokens=160)
+        text = str(reply.content).strip()
+        cited = list(dict.fromkeys(hits[int(m) - 1].source for m in re.findall(r"\[(\d+)\]", text)
+                                   if 0 < int(m) <= len(hits)))
+        seconds = time.perf_counter() - started
+        out.append(AnswerRecord(q, text, cited, [h.source for h in hits], False, seconds))
+        print(f"  [alone {n}/{len(questions)}] {seconds:5.1f} s  {q.id}  cited={len(cited)}", flush=True)
+    return out
+
+
 def score_answers(records: Sequence[AnswerRecord], store: KnowledgeStore) -> None:
     """Fill each record's scores: cosine, token F1, ROUGE-L, citation correctness."""
     bodies = [answer_body(r.answer) for r in records]
@@ -553,12 +573,14 @@ def score_answers(records: Sequence[AnswerRecord], store: KnowledgeStore) -> Non
     emb = store.embedder
     sims = np.sum(emb.embed(bodies) * emb.embed(refs), axis=1)
     for r, body, ref, sim in zip(records, bodies, refs, sims, strict=True):
+        # a citation names the article's file and record ("corpus.jsonl#id"), never the server path
+        cited, gold = {rag.file_ref(s) for s in r.cited_sources}, {rag.file_ref(g) for g in r.question.gold}
         r.scores = {
             "cosine": float(sim),
             "f1": token_f1(body, ref),
             "rouge_l": rouge_l(body, ref),
-            "cite_ok": float(bool(r.cited_sources) and all(s in r.question.gold for s in r.cited_sources)),
-            "cite_any": float(any(s in r.question.gold for s in r.cited_sources)),
+            "cite_ok": float(bool(cited) and cited <= gold),
+            "cite_any": float(bool(cited & gold)),
             "declined": float(r.refused or declined(body)),
         }
 
@@ -618,6 +640,19 @@ def print_answers(runs: dict[str, list[AnswerRecord]], model: str) -> None:
           "declined: share of answers saying the help center does not cover it (model or no relevant passage).")
 
 
+def print_gain(alone: Sequence[AnswerRecord], agent: Sequence[AnswerRecord], label: str) -> None:
+    """The specialist against the model alone on the same questions: ratios and a paired bootstrap."""
+    rng = random.Random(0)
+    for key in ("cosine", "f1", "cite_ok", "declined"):
+        a = [r.scores[key] for r in alone]
+        b = [r.scores[key] for r in agent]
+        diffs = [y - x for x, y in zip(a, b, strict=True)]
+        boots = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(2000))
+        ratio = statistics.fmean(b) / statistics.fmean(a) if statistics.fmean(a) else float("inf")
+        print(f"  {label} vs alone, {key:<8}: {statistics.fmean(a):.3f} -> {statistics.fmean(b):.3f} "
+              f"(x{ratio:.2f}; difference 95% CI {boots[50]:+.3f}..{boots[1949]:+.3f})")
+
+
 def dump_answers(path: Path, runs: dict[str, list[AnswerRecord]]) -> None:
     rows = [{"passages": label, "id": r.question.id, "question": r.question.question, "answer": r.answer,
              "expert": r.question.answer, "cited": r.cited_sources,
@@ -637,10 +672,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", default=None, help="registry model name for answers (default: the local model)")
     ap.add_argument("--k", type=int, default=TOP_K, help="passages given to the answer model")
     ap.add_argument("--min-score", type=float, default=MIN_SCORE)
+    ap.add_argument("--margin", type=float, default=rag.RELEVANCE_MARGIN,
+                    help="passages within this much of the best one's relevance reach the model")
     ap.add_argument("--passages", choices=["chunks", "articles", "both"], default=None,
                     help="answer with raw top chunks, one chunk per article, or both (default: the agent's default)")
     ap.add_argument("--depth", type=int, default=60, help="chunks fetched per query to rank articles")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--negatives", type=int, default=160, help="CLINC150 out-of-scope questions for the decline decision")
+    ap.add_argument("--negatives-file", type=Path, default=DEFAULT_NEGATIVES)
+    ap.add_argument("--alone", action=argparse.BooleanOptionalAction, default=True,
+                    help="also answer with the model alone on the same top passages (the baseline)")
     ap.add_argument("--synthetic", type=int, default=None, help="cap on synthetic distractors (default: all)")
     ap.add_argument("--pydocs", type=int, default=100, help="package READMEs used as distractors")
     ap.add_argument("--workdir", type=Path, default=None, help="keep (and reuse) the index here")
@@ -667,27 +708,39 @@ def _run(args: argparse.Namespace, questions: list[Question], workdir: Path) -> 
     index = build_index(workdir, args.data, seed=args.seed, synthetic=args.synthetic, pydocs=args.pydocs)
     print_index(index)
     store = index.store
+    weight = store.lexical_weight
+    store.lexical_weight = 0.0  # the dense half alone
     dense = dense_search(store, questions, args.depth)
-    agent_latency = time_queries(store, questions, args.k)
+    dense_latency = time_queries(store, questions, args.k)
+    store.lexical_weight = weight
+    hybrid = dense_search(store, questions, args.depth)  # what the agent searches with
+    agent_latency = time_queries(store, questions, args.k * rag.SCREEN_DEPTH)
     bm25 = bm25_rankings(store, questions, args.depth)
     print_retrieval({
         "dense (MiniLM, Chroma)": ranking_metrics(dense.rankings, questions),
-        "BM25 (numpy)": ranking_metrics(bm25, questions),
-        "RRF(dense, BM25)": ranking_metrics([rrf(d, b) for d, b in zip(dense.rankings, bm25, strict=True)], questions),
+        "BM25 (stopwords dropped)": ranking_metrics(bm25, questions),
+        "RRF(dense, BM25), k=60": ranking_metrics([rrf(d, b) for d, b in zip(dense.rankings, bm25, strict=True)],
+                                                  questions),
+        f"hybrid (product, w={weight:g})": ranking_metrics(hybrid.rankings, questions),
     }, len(questions))
-    short = sum(len(r) < max(KS) for r in dense.rankings)
+    short = sum(len(r) < max(KS) for r in hybrid.rankings)
     if short:
         print(f"note: {short} question(s) had fewer than {max(KS)} distinct articles in {args.depth} chunks")
-    print(f"Query latency (embed + Chroma): k={args.k} p50 {pct(agent_latency, 50):.1f} ms, p95 "
-          f"{pct(agent_latency, 95):.1f} ms; k={args.depth} p50 {pct(dense.latency_ms, 50):.1f} ms, "
-          f"p95 {pct(dense.latency_ms, 95):.1f} ms")
-    tops = [hits[0].score for hits in dense.hits if hits]
-    print(f"Top-1 scores: min {min(tops):.3f}, p5 {pct(tops, 5):.3f}, median {statistics.median(tops):.3f}; "
+    print(f"Query latency, embedding included: hybrid as the agent asks (k={args.k * rag.SCREEN_DEPTH}) p50 "
+          f"{pct(agent_latency, 50):.1f} ms, p95 {pct(agent_latency, 95):.1f} ms; dense only (k={args.k}) p50 "
+          f"{pct(dense_latency, 50):.1f} ms; hybrid k={args.depth} p50 {pct(hybrid.latency_ms, 50):.1f} ms, "
+          f"p95 {pct(hybrid.latency_ms, 95):.1f} ms")
+    tops = [hits[0].score for hits in hybrid.hits if hits]
+    print(f"Top-1 cosine: min {min(tops):.3f}, p5 {pct(tops, 5):.3f}, median {statistics.median(tops):.3f}; "
           f"{sum(t < args.min_score for t in tops)} below the {args.min_score:.2f} threshold")
     print_passages({
-        "top chunks (chunks)": passage_stats(dense, questions, args.k, "chunks", args.min_score),
-        "best chunk per article": passage_stats(dense, questions, args.k, "articles", args.min_score),
+        "top chunks (chunks)": passage_stats(hybrid, questions, args.k, "chunks", args.min_score),
+        "best chunk per article": passage_stats(hybrid, questions, args.k, "articles", args.min_score),
     }, args.k, args.min_score)
+
+    negatives = load_negatives(args.negatives_file, args.negatives, args.seed)
+    print_declines(top_scores(store, [q.question for q in questions], args.k * rag.SCREEN_DEPTH),
+                   top_scores(store, negatives, args.k * rag.SCREEN_DEPTH), args.min_score)
 
     if args.answers > 0:
         _answers(args, questions, store, workdir)
@@ -708,12 +761,19 @@ def _answers(args: argparse.Namespace, questions: list[Question], store: Knowled
     modes: list[PassageMode] = ["chunks", "articles"] if args.passages == "both" else [args.passages or default_mode]
     runs: dict[str, list[AnswerRecord]] = {}
     started = time.perf_counter()
+    if args.alone:
+        runs["alone"] = asyncio.run(run_model_alone(services.registry.handle(model, role="alone"), store, sample,
+                                                    args.k))
+        score_answers(runs["alone"], store)
     for mode in modes:
-        agent = RAGAgent(services, top_k=args.k, min_score=args.min_score, per_article=mode == "articles")
+        agent = RAGAgent(services, top_k=args.k, min_score=args.min_score, per_article=mode == "articles",
+                         margin=args.margin)
         runs[mode] = asyncio.run(run_answers(agent, sample, mode))
         score_answers(runs[mode], store)
     print(f"answered {sum(map(len, runs.values()))} in {time.perf_counter() - started:.0f} s")
     print_answers(runs, model)
+    for mode in modes if args.alone else []:
+        print_gain(runs["alone"], runs[mode], mode)
     if args.dump:
         dump_answers(args.dump, runs)
         print(f"answers written to {args.dump}")

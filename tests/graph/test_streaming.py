@@ -142,3 +142,28 @@ async def test_what_a_part_sends_is_always_the_start_of_its_answer(monkeypatch, 
         so_far = "".join(e["text"] for e in sent)
     final = process("".join(pieces))
     assert final.startswith(so_far) and len(so_far) > len(final) // 2
+
+
+async def test_a_lead_is_sent_before_the_model_writes_and_a_dropped_sentence_never_shows(monkeypatch):
+    """RAG's quoted sentence goes out when the call starts; after it only whole processed sentences
+    are sent, so a sentence the specialist drops (a decline after a lead) is never half-shown."""
+    sent: list[dict] = []
+    monkeypatch.setattr("agents.streaming.announce", sent.append)
+    lead = "Refunds are possible within 14 days [1]."
+
+    def process(text: str) -> str:
+        kept = " ".join(s for s in text.strip().split(". ") if "could not find" not in s)
+        return f"{lead}\n\n{kept}" if kept else lead
+
+    part = PartStream("t1", "rag", process, lead=lead)
+    await part.start("small")
+    assert [s["text"] for s in sent] == [lead]  # before any token
+    for word in ["I ", "could ", "not ", "find ", "it. ", "Ask ", "support."]:
+        await part.token(word)
+    shown = "".join(s["text"] for s in sent)
+    assert "could not" not in shown and shown.startswith(lead)
+    events = lifecycle.TurnEvents(frozenset({"rag"}))
+    for s in sent:
+        list(events.feed("custom", s))
+    finished = events.finish_part({"subtask_id": "t1", "agent": "rag", "answer": process("I could not find it. Ask support.")}, [])
+    assert "".join(e.text for e in finished if isinstance(e, lifecycle.Token)) == "\n\nAsk support."

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage
 
+from agents import rag
 from agents.rag import (
     NOT_FOUND,
     RAGAgent,
@@ -113,6 +114,12 @@ async def ask(agent: RAGAgent, question: str) -> tuple[str, dict[str, Any], list
     return result["answer"], result["evidence"], update["ledger"]
 
 
+def after_lead(answer: str, evidence: dict[str, Any]) -> str:
+    """The model's part of an answer: what follows the sentence quoted from the top passage."""
+    assert evidence["lead"] and answer.startswith(evidence["lead"] + "\n\n"), answer
+    return answer[len(evidence["lead"]) + 2:]
+
+
 def passage_numbers(messages: list[BaseMessage], title: str) -> list[int]:
     """Numbers of the passages with ``title`` in the prompt the fake model received."""
     return [int(n) for n in re.findall(rf"^\[(\d+)\] {re.escape(title)}:", str(messages[-1].content), re.M)]
@@ -132,8 +139,9 @@ async def test_uncited_sentence_gets_its_passage_and_the_sources_line(make_setti
     agent, fake = make_agent(make_settings, kb, reply)
     answer, evidence, ledger = await ask(agent, "Can I get my money back for an album?")
     assert len(fake.calls) == 1 and len(ledger) == 1
-    assert answer.startswith("You can get a full refund within 14 days of the purchase date if you have not "
-                             "downloaded the album [1].")
+    assert evidence["lead"].startswith("You can request a full refund within 14 days of the purchase date")
+    assert after_lead(answer, evidence).startswith("You can get a full refund within 14 days of the purchase date "
+                                                   "if you have not downloaded the album [1].")
     assert answer.endswith(f"\n\nSources: [1] Refund policy ({REFUNDS_URL})")
     (citation,) = evidence["citations"]
     assert citation["title"] == "Refund policy" and citation["url"] == REFUNDS_URL
@@ -150,7 +158,8 @@ async def test_a_cited_number_beyond_the_passages_is_dropped(make_settings, kb: 
     assert answer.count("Sources:") == 1 and "Sources: [1] Refund policy" in answer
 
 
-async def test_only_invalid_numbers_means_not_traced(make_settings, kb: KnowledgeStore) -> None:
+async def test_only_invalid_numbers_means_not_traced(make_settings, kb: KnowledgeStore, monkeypatch) -> None:
+    monkeypatch.setattr(rag, "LEAD_MIN_SCORE", 2.0)  # no sentence is quoted: the answer is the model's alone
     agent, _ = make_agent(make_settings, kb, "Ask our partner shop [9].")
     answer, evidence, _ = await ask(agent, "What's your refund policy?")
     assert evidence["citations"] == []
@@ -162,18 +171,31 @@ async def test_two_chunks_of_one_article_are_one_source(make_settings, kb: Knowl
         numbers = passage_numbers(messages, "Refund policy")
         return " ".join(f"Refund detail number {i} is here [{n}]." for i, n in enumerate(numbers, 1))
 
-    agent, fake = make_agent(make_settings, kb, cite_every_refund_passage)
+    agent, fake = make_agent(make_settings, kb, cite_every_refund_passage, margin=1.0)
     answer, evidence, _ = await ask(agent, "How do I request a refund, and within how many days?")
     cited = passage_numbers(fake.calls[0], "Refund policy")
     assert len(cited) == 2, "precondition: both refund chunks were retrieved"
     (citation,) = evidence["citations"]
     assert citation["n"] == 1 and citation["passages"] == cited
-    assert re.findall(r"\[\d+\]", answer.split("\n\nSources:")[0]) == ["[1]", "[1]"]
+    assert re.findall(r"\[\d+\]", after_lead(answer, evidence).split("\n\nSources:")[0]) == ["[1]", "[1]"]
     assert answer.endswith(f"Sources: [1] Refund policy ({REFUNDS_URL})")
 
 
+async def test_passages_far_below_the_best_are_left_out(make_settings, kb: KnowledgeStore) -> None:
+    question = "How many days do I have to ask for a refund?"
+    every, fake_every = make_agent(make_settings, kb, "Within 14 days [1].", margin=1.0, min_score=-1.0)
+    _, evidence, _ = await ask(every, question)
+    assert len(evidence["retrieved"]) == 3
+    close, fake_close = make_agent(make_settings, kb, "Within 14 days [1].", min_score=-1.0)
+    await ask(close, question)
+    titles = re.findall(r"^\[\d\] ([^:]+):", str(fake_close.calls[0][-1].content), re.M)
+    assert titles and set(titles) == {"Refund policy"}  # the gift-card and support-hours passages are far below
+    assert len(re.findall(r"^\[\d\] ", str(fake_every.calls[0][-1].content), re.M)) == 3
+
+
 async def test_per_article_gives_the_model_distinct_articles(make_settings, kb: KnowledgeStore) -> None:
-    agent, fake = make_agent(make_settings, kb, "Refunds within 14 days [1].", per_article=True, min_score=-1.0)
+    agent, fake = make_agent(make_settings, kb, "Refunds within 14 days [1].", per_article=True, min_score=-1.0,
+                             margin=1.0)
     _, evidence, _ = await ask(agent, "How do I request a refund, and within how many days?")
     sources = [r["source"] for r in evidence["retrieved"]]
     assert len(sources) == 3 and len(set(sources)) == 3
@@ -188,6 +210,42 @@ def test_restored_citations_keep_a_numbered_list_intact(make_settings, kb: Knowl
     out = attribute(answer, [passage], services)
     assert out == ("Here is how:\n1. Sign in and open Order history, select the order and choose Request refund [1].\n"
                    "2. We review refund requests within 5 business days [1].")
+
+
+async def test_the_answer_starts_with_the_best_sentence_of_the_top_passage(make_settings, kb: KnowledgeStore) -> None:
+    agent, _ = make_agent(make_settings, kb, "Yes, within 14 days [1].")
+    answer, evidence, _ = await ask(agent, "How many days do I have to ask for a refund?")
+    assert evidence["lead"] == ("You can request a full refund within 14 days of the purchase date for any track "
+                                "or album that you have not downloaded yet [1].")  # hard-wrapped lines joined
+    assert answer.startswith(evidence["lead"] + "\n\nYes, within 14 days [1].")
+    assert [c["title"] for c in evidence["citations"]] == ["Refund policy"]
+
+
+async def test_a_model_that_declines_despite_a_relevant_passage_is_not_the_answer(make_settings,
+                                                                                  kb: KnowledgeStore) -> None:
+    agent, _ = make_agent(make_settings, kb, "I could not find this in the help center.")
+    answer, evidence, _ = await ask(agent, "How many days do I have to ask for a refund?")
+    assert "could not find" not in answer
+    assert answer == f"{evidence['lead']}\n\nSources: [1] Refund policy ({REFUNDS_URL})"
+
+
+def test_passage_sentences_skip_headings_and_keep_list_items() -> None:
+    text = "# How to\n\nSign in and open Order history,\nthen choose Request refund.\n\n1. Tick the items you want.\n- ok"
+    assert rag.passage_sentences(text) == ["Sign in and open Order history, then choose Request refund.",
+                                           "Tick the items you want."]
+
+
+async def test_an_unrelated_last_turn_does_not_dilute_a_follow_up_search(make_settings, kb: KnowledgeStore) -> None:
+    """"Also, ..." reads like a follow-up; folding an unrelated SQL turn into its search found nothing."""
+    agent, _ = make_agent(make_settings, kb, "From 09:00 to 18:00 [1].")
+    summary = "User: how many invoices did customer 12 have in 2021? | sql: The database says: 7 invoices, totalling 37.62."
+    question = "Also, when is your support team available?"
+    folded = kb.search(search_query(handoff(question, summary), question), k=3)
+    assert folded[0].score < agent.min_score, "precondition: the folded search alone finds nothing relevant"
+    update = await agent(handoff(question, summary))  # type: ignore[arg-type]
+    (result,) = update["results"]
+    assert result["evidence"]["retrieved"][0]["title"] == "Support hours"
+    assert result["answer"].endswith("Sources: [1] Support hours (https://help.test.example/articles/support-hours)")
 
 
 def test_follow_up_questions_carry_the_last_turn_into_the_search() -> None:
@@ -239,7 +297,7 @@ async def test_a_hostile_article_is_left_out_and_the_rest_is_quoted_data(make_se
     services.__dict__["kb"] = store
     fake = ScriptedChatModel(respond=follows_passage_one)
     services.registry.use_chat_model(LOCAL, fake)
-    answer, evidence, _ = await ask(RAGAgent(services), "What's your refund policy?")
+    answer, evidence, _ = await ask(RAGAgent(services, margin=1.0), "What's your refund policy?")
 
     (system, human), = fake.calls
     prompt = str(human.content)
@@ -249,7 +307,7 @@ async def test_a_hostile_article_is_left_out_and_the_rest_is_quoted_data(make_se
     assert [q["source"] for q in evidence["quarantined"]] == [str(HOSTILE)]
     assert "Ignore previous instructions" in evidence["quarantined"][0]["reason"]
     assert len(re.findall(r"^\[\d\] ", prompt, re.M)) == 3  # the left-out passage was replaced by the next one
-    assert answer.startswith("The refund window is 14 days [1].") and "365" not in answer
+    assert after_lead(answer, evidence).startswith("The refund window is 14 days [1].") and "365" not in answer
     assert "Sources: [1] Refund policy (https://help.test.example/articles/refunds)" in answer
 
 
@@ -260,7 +318,8 @@ async def test_an_unflagged_hostile_passage_arrives_inside_the_delimiters_after_
     services.__dict__["kb"] = store
     fake = ScriptedChatModel(respond=follows_passage_one)
     services.registry.use_chat_model(LOCAL, fake)
-    answer, _, _ = await ask(RAGAgent(services, top_k=6), "Refund policy note: how many days is the refund window?")
+    answer, evidence, _ = await ask(RAGAgent(services, top_k=6, margin=1.0),
+                                    "Refund policy note: how many days is the refund window?")
     (system, human), = fake.calls
     prompt = str(human.content)
     rule_end = str(system.content).index("cannot change these rules")
@@ -270,7 +329,7 @@ async def test_an_unflagged_hostile_passage_arrives_inside_the_delimiters_after_
     numbered = re.findall(r"^\[(\d)\] ([^:]+):", inside, re.M)
     titles = [t for _, t in numbered]
     assert titles.index("Refund policy notes") > max(i for i, t in enumerate(titles) if t == "Refund policy")
-    assert "365" not in answer and answer.startswith("The refund window is 14 days [1].")
+    assert "365" not in answer and after_lead(answer, evidence).startswith("The refund window is 14 days [1].")
 
 
 def test_delimiters_inside_a_passage_cannot_close_the_quoted_block() -> None:
