@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +40,7 @@ from tools.sql import sensitive
 from tools.sql.database import ReadOnlyDatabase, SQLExecutionError
 from tools.sql.guard import UnsafeSQL, check_read_only, double_quoted_values_as_strings
 from tools.sql.results import QueryResult
+from tools.sql.values import ValueIndex, ValueMatch
 
 log = logging.getLogger("switchboard.agents.sql")
 
@@ -131,6 +134,55 @@ def single_row_entities(result: QueryResult) -> dict[str, str]:
     return ents
 
 
+_ASKS_A_NUMBER = re.compile(r"\b(how (many|much)|number of|count|total|sum|average|avg)\b", re.I)
+
+
+def doubtful(question: str, result: QueryResult) -> str:
+    """Why a result that ran looks wrong for the question ("" when it does not): no rows, only
+    NULL, or 0 where a count or sum was asked ("how many dogs" answered 0 is usually a bad filter)."""
+    rows = result.rows
+    if not rows:
+        return "" if result.size_capped else "the query found no rows"
+    if len(rows) == 1 and all(v is None for v in rows[0]):
+        return "the query returned only NULL"
+    if len(rows) == 1 and len(rows[0]) == 1 and rows[0][0] == 0 and _ASKS_A_NUMBER.search(question):
+        return "the query counted 0"
+    return ""
+
+
+@dataclass
+class Candidate:
+    """One query the model wrote, and what became of it."""
+
+    view: str  # "schema" (the compact schema prompt) or "create-table" (the second opinion's)
+    reply: str
+    sql: str
+    template: str
+    model: str
+    result: QueryResult | None = None
+    error: str = ""
+    unsafe: bool = False  # it would change data (refused)
+    no_query: bool = False  # the model said no query answers it
+    sensitive: list[str] = field(default_factory=list)  # needs a reviewer before it runs
+    doubt: str = ""  # it ran, but see :func:`doubtful`
+
+    @property
+    def ran(self) -> bool:
+        return self.result is not None
+
+    @property
+    def good(self) -> bool:
+        """Ran with a plausible result, or waits for a reviewer (it cannot be judged before)."""
+        return bool(self.sensitive) or (self.ran and not self.doubt)
+
+
+def same_rows(a: Candidate, b: Candidate) -> bool:
+    """Whether two candidates' results hold the same rows (in any order)."""
+    if a.result is None or b.result is None:
+        return False
+    return sorted(map(repr, a.result.rows)) == sorted(map(repr, b.result.rows))
+
+
 class SQLEvidence(Evidence, total=False):
     """What the SQL specialist found: the query that ran and (the first rows of) its result."""
 
@@ -143,6 +195,7 @@ class SQLEvidence(Evidence, total=False):
     attempts: list[dict[str, Any]]  # each model's query and its error, in order
     review: dict[str, Any]  # a reviewer's decision on a query that reads sensitive columns
     schema_tables: list[str]  # the tables the schema selector showed the model
+    values: list[str]  # the database values the question names, as the prompt showed them
 
 
 @dataclass(frozen=True)
@@ -216,6 +269,8 @@ class SQLAgent:
     def __init__(self, services: AgentServices, model: str | None = None) -> None:
         self.services = services
         self.model = model
+        self._values: ValueIndex | None = None
+        self._values_lock = threading.Lock()
 
     @cached_property
     def selector(self) -> SchemaSelector:
@@ -226,9 +281,10 @@ class SQLAgent:
     def profile(self) -> PromptProfile:
         return prompt_profile(self.services.db, self.services.agent_config.profile)
 
-    def schema_text(self, question: str) -> str:
-        """The schema part of the prompt: whole when small, the question's tables when large."""
-        return self.selector.render(question)
+    def schema_text(self, question: str, linked: Sequence[str] = ()) -> str:
+        """The schema part of the prompt: whole when small, the question's tables when large
+        (``linked``: tables holding a value the question names, always among them)."""
+        return self.selector.render(question, linked)
 
     def _handle(self, policy: str, question: str, out: Outcome[SQLEvidence]) -> ModelHandle:
         if self.model is not None:
@@ -329,65 +385,117 @@ class SQLAgent:
             out.evidence["attempts"].append({"model": "reviewer", "sql": chosen, "error": ""})
         self._succeed(out, template if chosen == sql else "", chosen, result)
 
+    def value_matches(self, question: str) -> list[ValueMatch]:
+        """The database values the question names (value grounding, ``tools/sql/values.py``)."""
+        with self._values_lock:  # one index per database, built on first use
+            if self._values is None:
+                config = self.services.agent_config
+                self._values = ValueIndex.build(self.services.db, exclude=config.sensitive_columns)
+        return self._values.match(question)
+
+    async def _ask(self, handle: ModelHandle, msgs: list[BaseMessage], out: Outcome[SQLEvidence],
+                   view: str, note: str = "") -> Candidate:
+        """One model call -> one candidate query, checked and (unless it needs a review) run."""
+        question = out.subtask["task"]
+        note = "; ".join(n for n in (self._escalation_note(handle, out), note) if n)
+        reply, entry = await call_model(
+            handle, msgs, agent="sql", task=question, max_tokens=160, subtask_id=out.subtask["id"],
+            note=note, escalated=bool(self._escalation_note(handle, out)),
+        )
+        out.evidence["model"] = handle.spec.name
+        out.ledger.append(entry)
+        text = str(reply.content)
+        sql, template = parse_reply(text)
+        c = Candidate(view=view, reply=text, sql=sql, template=template, model=handle.spec.name)
+        if sql.upper() == NO_QUERY:
+            c.error, c.no_query = "the model wrote no query", True
+        else:
+            try:
+                c.sql = self._prepare(sql)
+                c.sensitive = self._sensitive(c.sql)  # such a query runs only once a reviewer approves it
+                if not c.sensitive:
+                    c.result = await asyncio.to_thread(self.services.db.run, c.sql, max_rows=MAX_ROWS)
+            except UnsafeSQL as exc:
+                c.error, c.unsafe = exc.reason, not exc.malformed
+            except SQLExecutionError as exc:
+                c.error = str(exc)
+        if c.result is not None:
+            c.doubt = doubtful(question, c.result)
+        out.evidence["attempts"].append({"model": c.model, "sql": c.sql if not c.no_query else "", "error": c.error,
+                                         "view": view, **({"doubt": c.doubt} if c.doubt else {})})
+        return c
+
     async def _answer(self, handoff: Handoff, out: Outcome[SQLEvidence]) -> None:
+        """Execution-guided: the first query stands unless it fails, or runs but looks wrong (no rows,
+        a count of 0, only NULL); then a second opinion is asked from the same model with the schema
+        as ``CREATE TABLE`` statements, and the results decide. A third call, with the error fed back,
+        only when both failed to run. A request to change data is refused as before."""
         question = out.subtask["task"]
         handle = self._handle(handoff["policy"], question, out)
-        msgs: list[BaseMessage] = [
-            SystemMessage(self.profile.system_prompt(self.schema_text(question))),
-            HumanMessage(prompts.SQL_USER.format(context=context_block(handoff), question=question)),
-        ]
-        attempts: list[dict[str, str]] = []
-        out.evidence.update({"model": handle.spec.name, "attempts": attempts})
+        values = await asyncio.to_thread(self.value_matches, question)
+        grounding = prompts.SQL_VALUES.format(matches="; ".join(m.render() for m in values)) if values else ""
+        user = HumanMessage(prompts.SQL_USER.format(context=context_block(handoff), values=grounding,
+                                                    question=question))
+        linked = [m.table for m in values]
+        msgs: list[BaseMessage] = [SystemMessage(self.profile.system_prompt(self.schema_text(question, linked))), user]
+        out.evidence.update({"model": handle.spec.name, "attempts": []})
+        if values:
+            out.evidence["values"] = [m.render() for m in values]
         if self.selector.needs_selection():
-            out.evidence["schema_tables"] = self.selector.select(question)
+            out.evidence["schema_tables"] = self.selector.select(question, linked)
         refused: str | None = None  # why a query that would write was refused, if one was
-        for attempt in range(MAX_ATTEMPTS):
-            if attempt and attempts[-1]["error"] and not refused:
-                handle = self._escalate(handle, f"the light model's query failed: {attempts[-1]['error']}", out)
-            note = self._escalation_note(handle, out)
-            reply, entry = await call_model(
-                handle, msgs, agent="sql", task=question, max_tokens=160, subtask_id=out.subtask["id"],
-                note=note, escalated=bool(note),
-            )
-            out.evidence["model"] = handle.spec.name
-            out.ledger.append(entry)
-            sql, template = parse_reply(str(reply.content))
-            if sql.upper() == NO_QUERY:
-                attempts.append({"model": handle.spec.name, "sql": "", "error": "the model wrote no query"})
-                self._decline(out, question, template, refused)
-                return
-            try:
-                sql = self._prepare(sql)
-                sensitive = self._sensitive(sql)  # such a query runs only once a reviewer approves it
-                result = None if sensitive else await asyncio.to_thread(self.services.db.run, sql, max_rows=MAX_ROWS)
-            except UnsafeSQL as exc:
-                attempts.append({"model": handle.spec.name, "sql": sql, "error": exc.reason})
-                refused = refused if exc.malformed else exc.reason
-                retry = prompts.SQL_RETRY if exc.malformed else prompts.SQL_RETRY_READ_ONLY
-                msgs += [AIMessage(str(reply.content)), HumanMessage(retry.format(error=exc.reason))]
-                continue
-            except SQLExecutionError as exc:
-                attempts.append({"model": handle.spec.name, "sql": sql, "error": str(exc)})
-                msgs += [AIMessage(str(reply.content)), HumanMessage(prompts.SQL_RETRY.format(error=exc))]
-                continue
-            attempts.append({"model": handle.spec.name, "sql": sql, "error": ""})
-            if refused is not None and claims_a_change(template):
-                self._decline(out, question, "", refused)
-                return
-            if result is None:
-                await self._run_reviewed(out, sql, template, sensitive)
-                return
-            self._succeed(out, template, sql, result)
+        first = await self._ask(handle, msgs, out, "schema")
+        # a request to change data: the model is told the database is read-only, on its own conversation
+        for _ in range(MAX_ATTEMPTS - 1):
+            if not first.unsafe:
+                break
+            refused = first.error
+            msgs += [AIMessage(first.reply), HumanMessage(prompts.SQL_RETRY_READ_ONLY.format(error=first.error))]
+            first = await self._ask(handle, msgs, out, "schema")
+        if first.unsafe:
+            self._decline(out, question, "", first.error)
             return
-        if refused is not None:
+        if first.no_query or (refused is not None and first.ran and claims_a_change(first.template)):
+            self._decline(out, question, first.template if first.no_query else "", refused)
+            return
+        if refused is not None and not (first.ran or first.sensitive):
             self._decline(out, question, "", refused)
             return
-        last = attempts[-1]["error"] if attempts else "no query"
-        out.fail(
-            f"I could not build a working database query for “{question}” "
-            f"after {MAX_ATTEMPTS} attempts (last problem: {last}).",
-            error=last,
-        )
+        chosen = (first if first.good or refused is not None
+                  else await self._second_opinion(handle, first, user, linked, out))
+        if chosen is None:
+            last = out.evidence["attempts"][-1]["error"] or "no query"
+            out.fail(f"I could not build a working database query for “{question}” "
+                     f"after {len(out.evidence['attempts'])} attempts (last problem: {last}).", error=last)
+            return
+        if chosen.sensitive:
+            await self._run_reviewed(out, chosen.sql, chosen.template, chosen.sensitive)
+            return
+        assert chosen.result is not None
+        self._succeed(out, chosen.template, chosen.sql, chosen.result)
+
+    async def _second_opinion(self, handle: ModelHandle, first: Candidate, user: HumanMessage,
+                              linked: Sequence[str], out: Outcome[SQLEvidence]) -> Candidate | None:
+        """The first query failed or looks wrong: decide between it and a second one (see ``_answer``)."""
+        question = out.subtask["task"]
+        why = first.error or first.doubt
+        if first.error:
+            handle = self._escalate(handle, f"the light model's query failed: {first.error}", out)
+        ddl = [SystemMessage(self.profile.system_prompt(self.selector.render_ddl(question, linked))), user]
+        second = await self._ask(handle, ddl, out, "create-table", note=f"second opinion: {why}")
+        if second.good:
+            return second
+        if first.ran and second.ran:  # both doubtful: agreeing results are probably just the truth
+            return first if same_rows(first, second) or not second.doubt else second
+        if first.ran or first.sensitive:
+            return first
+        if second.ran or second.sensitive:
+            return second
+        # neither ran: the first conversation, told its error (the old retry), gets one more call
+        retry = [SystemMessage(self.profile.system_prompt(self.schema_text(question, linked))), user,
+                 AIMessage(first.reply), HumanMessage(prompts.SQL_RETRY.format(error=first.error))]
+        third = await self._ask(handle, retry, out, "schema", note="repair after two failed queries")
+        return third if third.ran or third.sensitive else None
 
     @staticmethod
     def _decline(out: Outcome[SQLEvidence], question: str, explanation: str, refused: str | None) -> None:

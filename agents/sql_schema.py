@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tools.sql.database import ReadOnlyDatabase
-from tools.sql.schema import TableInfo
+from tools.sql.schema import TableInfo, create_table
 
 __all__ = [
     "MAX_FULL_CHARS",
@@ -117,11 +117,11 @@ class SchemaSelector:
         """True when the whole schema is over the prompt budget."""
         return len(self.db.schema()) > MAX_FULL_TABLES or len(self.full_text()) > MAX_FULL_CHARS
 
-    def render(self, question: str) -> str:
+    def render(self, question: str, linked: Sequence[str] = ()) -> str:
         """The schema text for the prompt: the whole schema, or the selected tables plus names."""
         if not self.needs_selection():
             return self.full_text()
-        chosen = self.select(question)
+        chosen = self.select(question, linked)
         text = self.db.describe(chosen, sample_rows=SAMPLE_ROWS, compact=True)
         others = [t for t in self.db.table_names() if t not in chosen]
         if not others:
@@ -130,11 +130,21 @@ class SchemaSelector:
         more = f" and {len(others) - MAX_LISTED_OTHERS} more" if len(others) > MAX_LISTED_OTHERS else ""
         return f"{text}\nOther tables (columns not shown): {listed}{more}"
 
-    def select(self, question: str) -> list[str]:
-        """Names of the tables to show, most relevant first (at most :data:`MAX_SELECTED`)."""
+    def render_ddl(self, question: str, linked: Sequence[str] = ()) -> str:
+        """The same tables as :meth:`render`, as ``CREATE TABLE`` statements (the second opinion's view)."""
+        names = self.select(question, linked) if self.needs_selection() else self.db.table_names()
+        return "\n".join(create_table(self.db.table(n)) for n in names)
+
+    def select(self, question: str, linked: Sequence[str] = ()) -> list[str]:
+        """Names of the tables to show, most relevant first (at most :data:`MAX_SELECTED`).
+
+        ``linked`` tables hold a value the question names (value grounding): they are kept
+        whatever their rank, after the best-ranked one, since a filter on them needs them."""
         ranked = self.rank(question)
         order = {s.name: i for i, s in enumerate(ranked)}
-        chosen = [s.name for s in ranked[:SEED_TABLES]]
+        chosen = [s.name for s in ranked[:1]]
+        chosen += [t for t in dict.fromkeys(linked) if t in order and t not in chosen][: SEED_TABLES - 1]
+        chosen += [s.name for s in ranked[1:] if s.name not in chosen][: max(0, SEED_TABLES - len(chosen))]
         for name in self._referenced(chosen, order) + self._links(chosen, order):
             if len(chosen) >= MAX_SELECTED:
                 break

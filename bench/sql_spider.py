@@ -4,15 +4,17 @@ For each question both modes produce SQL over the question's own SQLite database
 
 * ``agent``: the SQL specialist exactly as the product runs it (``agents.sql.SQLAgent`` over a
   ``Services`` whose ``database_url`` is the Spider database): its prompt, schema selection,
-  guard, validation and up to 3 attempts with the error fed back.
+  value grounding, guard, validation and the execution-guided choice (a second opinion from the
+  ``CREATE TABLE`` view when the first query fails or looks wrong; a third call with the error fed
+  back only when both failed).
 * ``raw``: the same model called once with the full ``CREATE TABLE`` statements from
   ``sqlite_master`` and the question; the SQL is extracted from the reply and run once.
 
 A prediction is correct when its result equals the gold query's: compared as a multiset of rows,
 or as a list when the gold query orders its output (top-level ORDER BY). Values compare exactly
 except floats, rounded to 6 decimals. The agent's query is re-run here without its 50-row display
-cap; ``limit-cut`` counts wrong answers that would match without the query's own LIMIT (the agent
-prompt asks for LIMIT 20 on lists, a chat-display choice that Spider's full-list questions punish).
+cap; ``limit-cut`` counts wrong answers that would match without the query's own LIMIT (the agent's
+prompt once asked for LIMIT 20 on lists; the display limit is now applied when rows are shown).
 
 The questions are Spider's; they are never used as examples or to tune prompts.
 

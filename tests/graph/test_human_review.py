@@ -341,11 +341,11 @@ async def test_reject_uses_the_light_tier_and_says_so_in_the_ledger(make_setting
 
 
 async def test_one_cost_decision_covers_the_node_run_then_sensitive_sql_asks_next(make_settings, tmp_path):
-    """The heavy model's first query fails and it retries (two heavy calls, one cost review);
-    the retry reads a sensitive column, so the same node pauses a second time. Each resume
+    """The heavy model's first query fails and a second opinion is asked (two heavy calls, one
+    cost review); it reads a sensitive column, so the same node pauses a second time. Each resume
     re-runs the node and each interrupt gets its own answer."""
     def big_sql(messages) -> str:
-        if "failed" in str(messages[-1].content):  # the retry prompt
+        if "CREATE TABLE" in str(messages[0].content):  # the second opinion's view of the schema
             return phone_reply(messages)
         return "SQL: SELECT Fone FROM Customer\nANSWER: {result}"
 

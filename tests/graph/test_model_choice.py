@@ -111,8 +111,10 @@ async def test_failed_light_query_escalates_to_heavy_with_the_reason_logged(make
     assert turn.ledger[1]["note"].startswith("escalated from small:")
     assert turn.ledger[0]["note"] == ""
     assert "escalating from small to big" in caplog.text
-    # the heavy model saw what went wrong with the light one's query
-    assert "Customers" in str(big.calls[0][-1].content)
+    # the heavy model gave a second opinion from the CREATE TABLE view of the schema
+    assert "CREATE TABLE Customer (" in str(big.calls[0][0].content)
+    assert [a["view"] for a in ev["attempts"]] == ["schema", "create-table"]
+    assert "Customers" in ev["attempts"][0]["error"]
 
 
 async def test_good_light_query_never_reaches_heavy(make_settings, tmp_path):

@@ -331,6 +331,17 @@ def test_the_right_tables_are_selected_from_forty(
     assert len(chosen) <= MAX_SELECTED
 
 
+def test_a_table_holding_a_named_value_is_always_shown(wide_db: ReadOnlyDatabase, embed: Callable[[Any], Any]) -> None:
+    """Value grounding links the schema: a filter on a value needs the table that stores it."""
+    selector = SchemaSelector(wide_db, embed)
+    question = "How many orders has each customer placed?"
+    assert "vehicles" not in selector.select(question), "precondition: nothing in the question names vehicles"
+    chosen = selector.select(question, linked=["vehicles"])
+    assert chosen[0] == selector.select(question)[0] and chosen[1] == "vehicles" and len(chosen) <= MAX_SELECTED
+    assert "vehicles(" in selector.render(question, linked=["vehicles"])
+    assert "CREATE TABLE vehicles (" in selector.render_ddl(question, linked=["vehicles"])
+
+
 def test_lexical_ranking_works_without_the_embedder(wide_db: ReadOnlyDatabase) -> None:
     chosen = SchemaSelector(wide_db, embed=None).select("How many orders has each customer placed?")
     assert chosen[:2] == ["orders", "customers"]
@@ -443,16 +454,104 @@ async def test_double_quoted_values_run_without_a_retry(chinook_copy: Path, make
     assert result["evidence"]["sql"] == "SELECT COUNT(*) FROM Customer WHERE Country = 'Brazil'"
 
 
-async def test_a_database_error_goes_back_to_the_model(chinook_copy: Path, make_settings) -> None:
+async def test_a_failed_query_gets_a_second_opinion_from_the_create_table_view(chinook_copy: Path,
+                                                                              make_settings) -> None:
     replies = iter([
         "SQL: SELECT COUNT(*) FROM Customers\nANSWER: {result}",
         "SQL: SELECT COUNT(*) FROM Customer\nANSWER: We have {result} customers.",
     ])
     result, fake = await _ask(make_settings, chinook_copy, "How many customers?", lambda m: next(replies))
-    assert result["answer"] == "We have 59 customers."
-    retry = str(fake.calls[1][-1].content)
+    assert result["answer"] == "We have 59 customers." and len(fake.calls) == 2
+    first, second = (str(call[0].content) for call in fake.calls)
+    assert "Customer(CustomerId INTEGER PK" in first and "CREATE TABLE" not in first
+    assert "CREATE TABLE Customer (CustomerId INTEGER PRIMARY KEY" in second  # a second view, not a retry
+    assert [a["view"] for a in result["evidence"]["attempts"]] == ["schema", "create-table"]
+    assert result["evidence"]["attempts"][0]["error"].startswith("unknown table 'Customers'")
+
+
+async def test_two_failed_queries_get_the_error_fed_back_once(chinook_copy: Path, make_settings) -> None:
+    replies = iter([
+        "SQL: SELECT COUNT(*) FROM Customers\nANSWER: {result}",
+        "SQL: SELECT COUNT(*) FROM Clients\nANSWER: {result}",
+        "SQL: SELECT COUNT(*) FROM Customer\nANSWER: We have {result} customers.",
+    ])
+    result, fake = await _ask(make_settings, chinook_copy, "How many customers?", lambda m: next(replies))
+    assert result["answer"] == "We have 59 customers." and len(fake.calls) == 3
+    retry = str(fake.calls[2][-1].content)
     assert retry.startswith("That query failed: unknown table 'Customers'; did you mean Customer")
     assert "read-only" not in retry  # a typo is not a write attempt
+
+
+async def test_three_failed_queries_say_so(chinook_copy: Path, make_settings) -> None:
+    result, fake = await _ask(make_settings, chinook_copy, "How many customers?",
+                              _always("SQL: SELECT COUNT(*) FROM Clients\nANSWER: {result}"))
+    assert not result["ok"] and len(fake.calls) == 3
+    assert "could not build a working database query" in result["answer"] and "3 attempts" in result["answer"]
+
+
+async def test_a_count_of_zero_is_checked_and_the_plausible_result_wins(chinook_copy: Path, make_settings) -> None:
+    """The silent wrong answer: a bad filter counts 0; the second opinion's non-zero count is chosen."""
+    replies = iter([
+        "SQL: SELECT COUNT(*) FROM Customer WHERE Country = 'brazil'\nANSWER: {result} customers.",
+        "SQL: SELECT COUNT(*) FROM Customer WHERE Country = 'Brazil'\nANSWER: There are {result} customers.",
+    ])
+    result, fake = await _ask(make_settings, chinook_copy, "How many customers are from brazil?",
+                              lambda m: next(replies))
+    assert result["answer"] == "There are 5 customers." and len(fake.calls) == 2
+    first = result["evidence"]["attempts"][0]
+    assert first["doubt"] == "the query counted 0" and not first["error"]
+
+
+async def test_two_agreeing_empty_results_are_the_answer(chinook_copy: Path, make_settings) -> None:
+    replies = iter([
+        "SQL: SELECT Name FROM Artist WHERE Name = 'Nobody Famous'\nANSWER: {result}",
+        "SQL: SELECT Name FROM Artist WHERE Name LIKE 'Nobody Famous'\nANSWER: {result}",
+    ])
+    result, fake = await _ask(make_settings, chinook_copy, "Which artist is called Nobody Famous?",
+                              lambda m: next(replies))
+    assert result["ok"] and result["answer"] == "I found no matching records in the database."
+    assert len(fake.calls) == 2 and result["evidence"]["sql"] == "SELECT Name FROM Artist WHERE Name = 'Nobody Famous'"
+
+
+async def test_a_plausible_first_query_costs_one_call(chinook_copy: Path, make_settings) -> None:
+    result, fake = await _ask(make_settings, chinook_copy, "How many customers?",
+                              _always("SQL: SELECT COUNT(*) FROM Customer\nANSWER: We have {result} customers."))
+    assert result["answer"] == "We have 59 customers." and len(fake.calls) == 1
+
+
+async def test_the_values_a_question_names_reach_the_prompt(chinook_copy: Path, make_settings) -> None:
+    result, fake = await _ask(make_settings, chinook_copy, "How many jazz tracks by ac/dc are there?",
+                              _always("SQL: SELECT COUNT(*) FROM Track\nANSWER: {result}"))
+    user = str(fake.calls[0][-1].content)
+    assert user.startswith("Values in the database: Genre.Name = 'Jazz'; Artist.Name = 'AC/DC'")
+    assert user.endswith("\nQuestion: How many jazz tracks by ac/dc are there?")
+    assert result["evidence"]["values"][:2] == ["Genre.Name = 'Jazz'", "Artist.Name = 'AC/DC'"]
+    # the system prompt (the cached prefix) is the same whatever the question names
+    plain, _ = await _ask(make_settings, chinook_copy, "How many tracks are there?",
+                          _always("SQL: SELECT COUNT(*) FROM Track\nANSWER: {result}"))
+    assert "values" not in plain["evidence"]
+
+
+async def test_contact_data_never_reaches_the_prompt_as_a_value(chinook_copy: Path, make_settings) -> None:
+    _, fake = await _ask(make_settings, chinook_copy, "Who has the email luisg@embraer.com.br?",
+                         _always("SQL: SELECT FirstName FROM Customer WHERE CustomerId = 1\nANSWER: {result}"))
+    assert "Values in the database" not in str(fake.calls[0][-1].content)
+
+
+async def test_a_full_list_is_not_cut_by_the_query_only_by_the_display(chinook_copy: Path, make_settings) -> None:
+    system = ""
+
+    def reply(messages: list[BaseMessage]) -> str:
+        nonlocal system
+        system = str(messages[0].content)
+        return "SQL: SELECT Name FROM Genre\nANSWER: The genres are {result}."
+
+    result, _ = await _ask(make_settings, chinook_copy, "List every genre.", reply)
+    assert "LIMIT 20" not in system and "LIMIT only when the question asks" in system
+    evidence = result["evidence"]
+    assert evidence["sql"] == "SELECT Name FROM Genre" and evidence["row_count"] == 25  # every genre
+    assert "The database returned 25 rows (first rows shown)" in result["answer"]
+    assert "_10 of 25 rows shown_" in result["answer"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -234,6 +234,20 @@ class ReadOnlyDatabase:
         log.info("personal-data profile of %s: %s", self.url, ", ".join(found) or "none")
         return found
 
+    def text_columns(self) -> list[tuple[str, str]]:
+        """(table, column) of every text column that is not a primary key."""
+        return [(t.name, c.name) for t in self.schema() for c in t.columns
+                if not compact_type(c.type) and not c.primary_key]
+
+    def distinct_text_values(self, columns: list[tuple[str, str]], limit: int) -> dict[tuple[str, str], list[str]]:
+        """Up to ``limit`` distinct non-NULL values of each (table, column), read in one connection."""
+        out: dict[tuple[str, str], list[str]] = {}
+        with self._engine.connect() as conn, self._query_limits(conn):
+            for table, column in columns:
+                out[(table, column)] = self._text_values(conn, table, column, limit, True)
+            conn.rollback()
+        return out
+
     def _text_values(self, conn: Connection, table: str, column: str, limit: int, distinct: bool) -> list[str]:
         col: ColumnClause[Any] = sa_column(column)
         query = select(col).select_from(sa_table(table, col)).where(col.is_not(None)).limit(limit)
@@ -242,7 +256,7 @@ class ReadOnlyDatabase:
         try:
             values = conn.execute(query).scalars().all()
         except DBAPIError as exc:
-            log.warning("personal-data profile: could not sample %s.%s (%s)", table, column, exc)
+            log.warning("could not sample %s.%s (%s)", table, column, exc)
             conn.rollback()
             return []
         return [v[:200] for v in values if isinstance(v, str) and v.strip()]
@@ -250,8 +264,7 @@ class ReadOnlyDatabase:
     def _profile_personal(self) -> tuple[str, ...]:
         from tools.observability.redaction import find_personal_data
 
-        text_columns = [(t.name, c.name) for t in self.schema() for c in t.columns
-                        if not compact_type(c.type) and not c.primary_key]
+        text_columns = self.text_columns()
         personal: set[tuple[str, str]] = set()
         samples: dict[tuple[str, str], list[str]] = {}
         with self._engine.connect() as conn:

@@ -92,6 +92,17 @@ def full_table(table: TableInfo) -> list[str]:
     return lines
 
 
+def create_table(table: TableInfo) -> str:
+    """The table as one ``CREATE TABLE`` statement, the form code models see most in training."""
+    columns = [" ".join(p for p in (c.name, c.type or "TEXT", "PRIMARY KEY" if c.primary_key and
+                                     len(table.primary_key) == 1 else "") if p) for c in table.columns]
+    if len(table.primary_key) > 1:
+        columns.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
+    columns += [f"FOREIGN KEY ({', '.join(fk.columns)}) REFERENCES {fk.ref_table}({', '.join(fk.ref_columns)})"
+                for fk in table.foreign_keys]
+    return f"CREATE TABLE {table.name} ({', '.join(columns)});"
+
+
 COMPACT_HEADER = "Tables (PK = primary key, A -> T.B = foreign key, untyped columns are text):"
 
 
