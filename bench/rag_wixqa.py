@@ -68,7 +68,7 @@ from agents import prompts, rag  # noqa: E402
 from agents.rag import MIN_SCORE, TOP_K, RAGAgent  # noqa: E402
 from knowledge.ingest import IngestReport, ingest  # noqa: E402
 from knowledge.lexical import BM25  # noqa: E402
-from knowledge.store import PER_SOURCE_DEPTH, Chunk, Hit, KnowledgeStore, best_per_source, embedding_text  # noqa: E402
+from knowledge.store import PER_SOURCE_DEPTH, Hit, KnowledgeStore, best_per_source  # noqa: E402
 from switchboard.services import Services  # noqa: E402
 from switchboard.settings import Settings  # noqa: E402
 from tools.models.gateway import call_model  # noqa: E402
@@ -316,26 +316,10 @@ def time_queries(store: KnowledgeStore, questions: Sequence[Question], k: int) -
     return out
 
 
-def all_chunks(store: KnowledgeStore, page: int = 1000) -> tuple[list[str], list[str]]:
-    """(text as embedded, source) for every chunk in the collection."""
-    texts: list[str] = []
-    sources: list[str] = []
-    offset = 0
-    while True:
-        got = store.collection.get(include=["documents", "metadatas"], limit=page, offset=offset)
-        docs, metas = got["documents"] or [], got["metadatas"] or []
-        for doc, meta in zip(docs, metas, strict=True):
-            chunk = Chunk(text=doc or "", section=str(meta.get("section", "")))
-            texts.append(embedding_text(str(meta.get("title", "")), chunk))
-            sources.append(str(meta.get("source", "")))
-        if len(docs) < page:
-            return texts, sources
-        offset += page
-
-
 def bm25_rankings(store: KnowledgeStore, questions: Sequence[Question], depth: int) -> list[list[str]]:
-    texts, sources = all_chunks(store)
-    bm25 = BM25(texts)
+    chunks = store.embedded_chunks()
+    sources = [source for _, source, _ in chunks]
+    bm25 = BM25([text for _, _, text in chunks])
     out = []
     for q in questions:
         top = np.argsort(-bm25.scores(q.question), kind="stable")[:depth]

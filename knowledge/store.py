@@ -349,22 +349,26 @@ class KnowledgeStore:
                 index = self._lexical = self._build_lexical()
             return index
 
-    def _build_lexical(self) -> _LexicalIndex:
-        started = time.perf_counter()
-        ids: list[str] = []
-        texts: list[str] = []
+    def embedded_chunks(self) -> list[tuple[str, str, str]]:
+        """(id, source, text as it was embedded: title, section, text) of every chunk, page by page."""
+        out: list[tuple[str, str, str]] = []
         offset = 0
         while True:
             page = self.collection.get(include=["documents", "metadatas"], limit=_GET_PAGE, offset=offset)
             docs, metas = page["documents"] or [], page["metadatas"] or []
             for cid, doc, meta in zip(page["ids"], docs, metas, strict=True):
-                ids.append(cid)
-                texts.append(embedding_text(str(meta.get("title", "")), Chunk(doc or "", str(meta.get("section", "")))))
+                chunk = Chunk(doc or "", str(meta.get("section", "")))
+                out.append((cid, str(meta.get("source", "")), embedding_text(str(meta.get("title", "")), chunk)))
             if len(page["ids"]) < _GET_PAGE:
-                break
+                return out
             offset += _GET_PAGE
-        index = _LexicalIndex(ids, BM25(texts), len(ids), time.monotonic())
-        log.info("knowledge: BM25 index of %d chunks built in %.0f ms", len(ids), (time.perf_counter() - started) * 1000)
+
+    def _build_lexical(self) -> _LexicalIndex:
+        started = time.perf_counter()
+        chunks = self.embedded_chunks()
+        index = _LexicalIndex([c[0] for c in chunks], BM25([c[2] for c in chunks]), len(chunks), time.monotonic())
+        log.info("knowledge: BM25 index of %d chunks built in %.0f ms", len(chunks),
+                 (time.perf_counter() - started) * 1000)
         return index
 
     def _query(self, vector: np.ndarray, n: int, where: dict[str, Any] | None) -> list[Hit]:
