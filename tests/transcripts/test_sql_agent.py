@@ -100,16 +100,14 @@ async def test_join_with_grouping(settings: Settings, question: str, expected: s
     assert result["evidence"]["rows"][0][0] == expected and expected in result["answer"]
 
 
-async def test_join_top_customer_by_spending(settings: Settings, request: pytest.FixtureRequest) -> None:
+async def test_join_top_customer_by_spending(settings: Settings) -> None:
     """Names (Customer) and money (Invoice) in one answer.
 
-    A known limit of the 1.5B local model: with the PostgreSQL prompt it sums
-    InvoiceLine.UnitPrice * Quantity over Invoice and flips between the two tables on every
-    retry, so the agent (rightly) reports that it could not build a working query. Strict xfail:
-    a better model or prompt that fixes it makes this test fail until the marker goes.
+    With the PostgreSQL prompt the 1.5B local model used to sum InvoiceLine.UnitPrice * Quantity
+    over Invoice and flip between the two tables on every retry, so the agent reported that it
+    could not build a query (a strict xfail until issue 18); the second opinion from the
+    CREATE TABLE view now answers it.
     """
-    if settings.database_url.startswith("postgresql"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason="1.5B model confuses Invoice and InvoiceLine"))
     result = await ask(settings, "What is the name of the customer who spent the most, and the total of their invoices?")
     sql = result["evidence"]["sql"].upper()
     assert "JOIN" in sql and "GROUP BY" in sql

@@ -34,7 +34,6 @@ MAX_VALUES = 200_000
 MAX_VALUE_CHARS = 60
 MAX_PHRASE_WORDS = 5
 MAX_MATCHES = 6
-MAX_COLUMNS_PER_PHRASE = 3  # "Kyle" in three name columns is useful; in thirty it is noise
 FUZZY_CUTOFF = 0.85
 FUZZY_MIN_CHARS = 6  # shorter phrases only match exactly: "Jazz" ~ "Jaz" is a coin toss
 CATEGORY_MAX = 1000
@@ -42,6 +41,8 @@ CATEGORY_MAX = 1000
 values (genres, countries, roles): among 3,500 track titles some word of any question is a title."""
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
+_WORD = re.compile(r"[a-z][a-z0-9]*")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|_")
 _TOKEN = re.compile(r"\S+")
 _EDGE_PUNCT = "\"'`“”‘’?!.,;:()[]{}"
 _STOPWORDS = frozenset(
@@ -50,6 +51,13 @@ _STOPWORDS = frozenset(
     me my our we us you your i all any each every some show list give tell find get number count total
     please than more most less least per name names than as also only just""".split()
 )
+
+
+def _stem(word: str) -> str:
+    """Crude plural folding: "customers" -> "customer", "countries" -> "country"."""
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") and len(word) > 3 else word
 
 
 def squash(text: str) -> str:
@@ -109,8 +117,10 @@ class ValueIndex:
         return index
 
     def match(self, question: str) -> list[ValueMatch]:
-        """The values the question names, longest phrases first, at most :data:`MAX_MATCHES`."""
+        """The values the question names, in question order, at most :data:`MAX_MATCHES`; longer
+        phrases first, and one column per phrase (:meth:`_best`)."""
         words = [w.strip(_EDGE_PUNCT) for w in _TOKEN.findall(question)]
+        named = {_stem(w) for w in _WORD.findall(question.lower())}
         used = [False] * len(words)
         found: list[tuple[int, ValueMatch]] = []
         for size in range(min(MAX_PHRASE_WORDS, len(words)), 0, -1):
@@ -121,7 +131,7 @@ class ValueIndex:
                 matches = self._lookup(phrase)
                 if matches:
                     used[start:start + size] = [True] * size
-                    found += [(start, m) for m in matches]
+                    found.append((start, self._best(matches, named)))
         found.sort(key=lambda pm: pm[0])
         return [m for _, m in found][:MAX_MATCHES]
 
@@ -142,4 +152,17 @@ class ValueIndex:
         entries = self._exact[key]
         if " " not in phrase and phrase.islower():  # a plain word: only category-like columns
             entries = [e for e in entries if self._distinct[(e[0], e[1])] <= CATEGORY_MAX]
-        return [ValueMatch(t, c, v, phrase, exact) for t, c, v in entries[:MAX_COLUMNS_PER_PHRASE]]
+        return [ValueMatch(t, c, v, phrase, exact) for t, c, v in entries]
+
+    def _best(self, matches: list[ValueMatch], named: set[str]) -> ValueMatch:
+        """One column per phrase: a small model shown 'Brazil' in Customer.Country *and*
+        Invoice.BillingCountry filtered on both. The column with clearly fewer distinct values wins
+        (Artist.Name's 275 over Track.Composer's 852: the entity, not a free-text copy of it); among
+        columns of about the same size (within a factor of 2), the one of a table the question
+        names ("customers"), then the name order."""
+        def key(m: ValueMatch) -> tuple[int, bool, int, str, str]:
+            distinct = self._distinct[(m.table, m.column)]
+            table_words = {_stem(w) for w in _WORD.findall(_CAMEL.sub(" ", m.table).lower())}
+            return (distinct.bit_length(), not table_words & named, distinct, m.table, m.column)
+
+        return min(matches, key=key)
