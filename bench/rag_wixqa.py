@@ -480,7 +480,7 @@ def make_services(store: KnowledgeStore, workdir: Path, model: str) -> Services:
     demo-ingesting) the default collection. The registry's choice by tier is pinned to the
     requested model so ``--model`` means exactly that model.
     """
-    services = Services(Settings(data_dir=workdir / "switchboard"))
+    services = Services(Settings(data_dir=workdir / "switchboard", cache_ttl_s=0))  # every answer timed for real
     services.__dict__["kb"] = store
     registry = services.registry
     spec = registry.specs.get(model)
