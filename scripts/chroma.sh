@@ -50,6 +50,7 @@ start() {
             echo "# a Chroma server already answers at $URL (not started by this script)" >&2
         fi
         exports
+        echo "# started: no"  # for tests/conftest.py: another session's server is not its to stop
         return 0
     fi
     if pid=$(our_pid); then
@@ -66,6 +67,7 @@ start() {
         if heartbeat; then
             echo "# chroma running at $URL (pid $pid, data $DATA, log $LOG)" >&2
             exports
+            echo "# started: yes"
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then

@@ -112,8 +112,11 @@ full_page_writes = off
 EOF
 }
 
+STARTED_NOW=0  # 1 when this run started the server (a test session then stops it at its end)
+
 start_server() {
     is_running && return 0
+    STARTED_NOW=1
     say "starting PostgreSQL on $PG_HOST:$PG_PORT (log: $LOG_FILE)"
     # -p: the port asked for now, even in a cluster created with another one
     if ! as_pg "$BIN_DIR/pg_ctl" -D "$DATA_DIR" -l "$LOG_FILE" -o "-p $PG_PORT" -w -t 60 start >&2; then
@@ -231,6 +234,8 @@ start() {
     echo "export SWITCHBOARD_PG_URL=$base/switchboard"
     echo "export SWITCHBOARD_CHINOOK_ADMIN_URL=$base/chinook"
     echo "export SWITCHBOARD_TEST_PG_URL=postgresql://chinook_reader@$PG_HOST:$PG_PORT/chinook"
+    # not for the caller's environment: tells tests/conftest.py whether the server is its to stop
+    [[ $STARTED_NOW == 1 ]] && echo "# started: yes" || echo "# started: no"
 }
 
 case ${1:-start} in

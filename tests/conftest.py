@@ -61,12 +61,13 @@ def cassette_settings(request: pytest.FixtureRequest, make_settings):
     return make_settings(record_mode=mode, cassette_path=path)
 
 
-def _start_server(script: str) -> dict[str, str]:
-    """Run one of the project's server scripts; return the variables it exports."""
+def _start_server(script: str) -> tuple[dict[str, str], bool]:
+    """Run one of the project's server scripts; return the variables it exports and whether this
+    run started the server (one already running belongs to another session: it is not stopped)."""
     proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / script)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/{script} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return dict(re.findall(r"^export (\w+)=(\S+)$", proc.stdout, re.M))
+    return dict(re.findall(r"^export (\w+)=(\S+)$", proc.stdout, re.M)), "# started: yes" in proc.stdout
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,8 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
         if ready:
             continue
         try:
-            os.environ.update(_start_server(script))
-            if script != "browser.sh":  # a server this session started is stopped at its end
+            exported, started = _start_server(script)
+            os.environ.update(exported)
+            if started and script != "browser.sh":  # a server this session started is stopped at its end
                 _STARTED.append(script)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             if os.environ.get("CI"):
