@@ -397,10 +397,10 @@ class SQLAgent:
                    view: str, note: str = "") -> Candidate:
         """One model call -> one candidate query, checked and (unless it needs a review) run."""
         question = out.subtask["task"]
-        note = "; ".join(n for n in (self._escalation_note(handle, out), note) if n)
+        escalation = self._escalation_note(handle, out)
         reply, entry = await call_model(
             handle, msgs, agent="sql", task=question, max_tokens=160, subtask_id=out.subtask["id"],
-            note=note, escalated=bool(self._escalation_note(handle, out)),
+            note="; ".join(n for n in (escalation, note) if n), escalated=bool(escalation),
         )
         out.evidence["model"] = handle.spec.name
         out.ledger.append(entry)
@@ -462,7 +462,7 @@ class SQLAgent:
             self._decline(out, question, "", refused)
             return
         chosen = (first if first.good or refused is not None
-                  else await self._second_opinion(handle, first, user, linked, out))
+                  else await self._second_opinion(handle, first, msgs[0], user, linked, out))
         if chosen is None:
             last = out.evidence["attempts"][-1]["error"] or "no query"
             out.fail(f"I could not build a working database query for “{question}” "
@@ -474,9 +474,11 @@ class SQLAgent:
         assert chosen.result is not None
         self._succeed(out, chosen.template, chosen.sql, chosen.result)
 
-    async def _second_opinion(self, handle: ModelHandle, first: Candidate, user: HumanMessage,
+    async def _second_opinion(self, handle: ModelHandle, first: Candidate, system: BaseMessage, user: HumanMessage,
                               linked: Sequence[str], out: Outcome[SQLEvidence]) -> Candidate | None:
-        """The first query failed or looks wrong: decide between it and a second one (see ``_answer``)."""
+        """The first query failed or looks wrong (it is neither plausible nor waiting for a reviewer):
+        decide between it and a second one (see ``_answer``). ``system`` and ``user`` are the first
+        conversation's prompt."""
         question = out.subtask["task"]
         why = first.error or first.doubt
         if first.error:
@@ -486,14 +488,13 @@ class SQLAgent:
         if second.good:
             return second
         if first.ran and second.ran:  # both doubtful: agreeing results are probably just the truth
-            return first if same_rows(first, second) or not second.doubt else second
-        if first.ran or first.sensitive:
+            return first if same_rows(first, second) else second
+        if first.ran:
             return first
         if second.ran or second.sensitive:
             return second
         # neither ran: the first conversation, told its error (the old retry), gets one more call
-        retry = [SystemMessage(self.profile.system_prompt(self.schema_text(question, linked))), user,
-                 AIMessage(first.reply), HumanMessage(prompts.SQL_RETRY.format(error=first.error))]
+        retry = [system, user, AIMessage(first.reply), HumanMessage(prompts.SQL_RETRY.format(error=first.error))]
         third = await self._ask(handle, retry, out, "schema", note="repair after two failed queries")
         return third if third.ran or third.sensitive else None
 
