@@ -19,7 +19,6 @@ so the model knows they exist and the validator's "did you mean" hints make sens
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tools.sql.database import ReadOnlyDatabase
-from tools.sql.schema import TableInfo, create_table
+from tools.sql.schema import TableInfo, create_table, name_words
 
 __all__ = [
     "MAX_FULL_CHARS",
@@ -49,31 +48,12 @@ SAMPLE_ROWS = 1
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 _STOPWORDS = frozenset(
     """a an the of in on at to for from by with and or not no is are was were be been do does did
     have has had how many much what which who whom whose when where why there their them they it its
     this that these those me my our we us you your i all any each every some show list give tell find
     get number count total please than more most less least""".split()
 )
-
-
-def _singular(word: str) -> str:
-    """Crude plural folding, applied to both sides so "customers" meets "Customer"."""
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    if word.endswith("sses"):
-        return word[:-2]
-    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
-        return word[:-1]
-    return word
-
-
-def name_words(text: str) -> list[str]:
-    """Lower-case words of a name or sentence: CamelCase and snake_case split, plurals folded."""
-    spaced = _CAMEL.sub(" ", text.replace("_", " "))
-    return [_singular(w.lower()) for w in _WORD.findall(spaced)]
 
 
 def _question_words(question: str) -> set[str]:

@@ -3,6 +3,7 @@ and its rendering for prompts: one compact line per table, or the full listing."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,29 @@ __all__ = [
     "compact_table",
     "compact_type",
     "full_table",
+    "name_words",
 ]
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
+
+def _singular(word: str) -> str:
+    """Crude plural folding, applied to both sides so "customers" meets "Customer"."""
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("sses"):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def name_words(text: str) -> list[str]:
+    """Lower-case words of a name or sentence: CamelCase and snake_case split, plurals folded
+    (the schema selector's lexical ranking, value grounding's "which table does the question name")."""
+    spaced = _CAMEL.sub(" ", text.replace("_", " "))
+    return [_singular(w.lower()) for w in _WORD.findall(spaced)]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from tools.sql.database import ReadOnlyDatabase
 from tools.sql.results import sql_literal
+from tools.sql.schema import name_words
 
 __all__ = ["ValueIndex", "ValueMatch", "squash"]
 
@@ -41,8 +42,6 @@ CATEGORY_MAX = 1000
 values (genres, countries, roles): among 3,500 track titles some word of any question is a title."""
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
-_WORD = re.compile(r"[a-z][a-z0-9]*")
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|_")
 _TOKEN = re.compile(r"\S+")
 _EDGE_PUNCT = "\"'`“”‘’?!.,;:()[]{}"
 _STOPWORDS = frozenset(
@@ -51,13 +50,6 @@ _STOPWORDS = frozenset(
     me my our we us you your i all any each every some show list give tell find get number count total
     please than more most less least per name names than as also only just""".split()
 )
-
-
-def _stem(word: str) -> str:
-    """Crude plural folding: "customers" -> "customer", "countries" -> "country"."""
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    return word[:-1] if word.endswith("s") and not word.endswith("ss") and len(word) > 3 else word
 
 
 def squash(text: str) -> str:
@@ -120,7 +112,7 @@ class ValueIndex:
         """The values the question names, in question order, at most :data:`MAX_MATCHES`; longer
         phrases first, and one column per phrase (:meth:`_best`)."""
         words = [w.strip(_EDGE_PUNCT) for w in _TOKEN.findall(question)]
-        named = {_stem(w) for w in _WORD.findall(question.lower())}
+        named = set(name_words(question))
         used = [False] * len(words)
         found: list[tuple[int, ValueMatch]] = []
         for size in range(min(MAX_PHRASE_WORDS, len(words)), 0, -1):
@@ -162,7 +154,6 @@ class ValueIndex:
         names ("customers"), then the name order."""
         def key(m: ValueMatch) -> tuple[int, bool, int, str, str]:
             distinct = self._distinct[(m.table, m.column)]
-            table_words = {_stem(w) for w in _WORD.findall(_CAMEL.sub(" ", m.table).lower())}
-            return (distinct.bit_length(), not table_words & named, distinct, m.table, m.column)
+            return (distinct.bit_length(), not set(name_words(m.table)) & named, distinct, m.table, m.column)
 
         return min(matches, key=key)
