@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -31,6 +31,7 @@ from knowledge.lexical import BM25, LEXICAL_WEIGHT, fuse
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import Include
 
     from tools.models.embeddings import MiniLMEmbedder
 
@@ -83,7 +84,6 @@ class _LexicalIndex:
 
     ids: list[str]
     bm25: BM25
-    count: int
     built: float  # time.monotonic()
 
 
@@ -212,19 +212,23 @@ class KnowledgeStore:
         """Number of chunks in the collection."""
         return self.collection.count()
 
-    def sources(self) -> dict[str, SourceInfo]:
-        """Every indexed document, read from the chunk-0 markers (one metadata row each)."""
-        out: dict[str, SourceInfo] = {}
+    def _pages(self, include: Include, where: dict[str, Any] | None = None) -> Iterator[tuple[str, str, Any]]:
+        """(id, document, metadata) of every chunk matching ``where``, read :data:`_GET_PAGE` at a time."""
         offset = 0
         while True:
-            page = self.collection.get(where={"chunk": 0}, include=["metadatas"], limit=_GET_PAGE, offset=offset)
-            metadatas = page["metadatas"] or []
-            for meta in metadatas:
-                info = _source_info(meta)
-                out[info.source] = info
-            if len(metadatas) < _GET_PAGE:
-                return out
+            page = self.collection.get(where=where, include=include, limit=_GET_PAGE, offset=offset)
+            ids = page["ids"]
+            docs = page["documents"] or [""] * len(ids)
+            metas = page["metadatas"] or [{}] * len(ids)
+            yield from zip(ids, docs, metas, strict=True)
+            if len(ids) < _GET_PAGE:
+                return
             offset += _GET_PAGE
+
+    def sources(self) -> dict[str, SourceInfo]:
+        """Every indexed document, read from the chunk-0 markers (one metadata row each)."""
+        infos = (_source_info(meta) for _, _, meta in self._pages(["metadatas"], where={"chunk": 0}))
+        return {info.source: info for info in infos}
 
     def source_info(self, source: str) -> SourceInfo | None:
         got = self.collection.get(ids=[chunk_id(source, 0)], include=["metadatas"])
@@ -345,28 +349,20 @@ class KnowledgeStore:
             return None
         with self._lexical_lock:
             index = self._lexical
-            if index is None or index.count != total or time.monotonic() - index.built > LEXICAL_MAX_AGE_S:
+            if index is None or len(index.ids) != total or time.monotonic() - index.built > LEXICAL_MAX_AGE_S:
                 index = self._lexical = self._build_lexical()
             return index
 
     def embedded_chunks(self) -> list[tuple[str, str, str]]:
         """(id, source, text as it was embedded: title, section, text) of every chunk, page by page."""
-        out: list[tuple[str, str, str]] = []
-        offset = 0
-        while True:
-            page = self.collection.get(include=["documents", "metadatas"], limit=_GET_PAGE, offset=offset)
-            docs, metas = page["documents"] or [], page["metadatas"] or []
-            for cid, doc, meta in zip(page["ids"], docs, metas, strict=True):
-                chunk = Chunk(doc or "", str(meta.get("section", "")))
-                out.append((cid, str(meta.get("source", "")), embedding_text(str(meta.get("title", "")), chunk)))
-            if len(page["ids"]) < _GET_PAGE:
-                return out
-            offset += _GET_PAGE
+        return [(cid, str(meta.get("source", "")),
+                 embedding_text(str(meta.get("title", "")), Chunk(doc or "", str(meta.get("section", "")))))
+                for cid, doc, meta in self._pages(["documents", "metadatas"])]
 
     def _build_lexical(self) -> _LexicalIndex:
         started = time.perf_counter()
         chunks = self.embedded_chunks()
-        index = _LexicalIndex([c[0] for c in chunks], BM25([c[2] for c in chunks]), len(chunks), time.monotonic())
+        index = _LexicalIndex([c[0] for c in chunks], BM25([c[2] for c in chunks]), time.monotonic())
         log.info("knowledge: BM25 index of %d chunks built in %.0f ms", len(chunks),
                  (time.perf_counter() - started) * 1000)
         return index
