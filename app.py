@@ -26,7 +26,6 @@ import logging
 import os
 import time
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import chainlit as cl
@@ -35,7 +34,7 @@ from chainlit.types import ThreadDict
 
 from graphs.support import build_support_graph
 from switchboard.access import Access, ReviewForbidden, ThreadNotFound
-from switchboard.api import Switchboard
+from switchboard.api import ConversationBusy, Switchboard
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
@@ -48,7 +47,12 @@ from switchboard.ui.auth import (
     ui_principal,
 )
 from switchboard.ui.chat_settings import send_settings
-from switchboard.ui.data_layer import OrderedSQLAlchemyDataLayer, ensure_ui_schema, private_files_dir, ui_database_url
+from switchboard.ui.data_layer import (
+    OrderedSQLAlchemyDataLayer,
+    prepare_ui_database,
+    private_files_dir,
+    ui_database_url,
+)
 from switchboard.ui.markdown import banner_markdown
 from switchboard.ui.reviews import (
     REVIEW_ACTION,
@@ -79,11 +83,10 @@ private_files_dir()
 UI_USERS = parse_ui_users(os.environ.get("SWITCHBOARD_UI_USERS", ""))
 
 
-# --- chat history: Chainlit's data layer on SQLite (switchboard/ui/data_layer.py) ---------------
+# --- chat history: Chainlit's data layer on SQLite or PostgreSQL (switchboard/ui/data_layer.py) ---------------
 
 UI_DATABASE_URL = ui_database_url(SETTINGS)
-if UI_DATABASE_URL.startswith("sqlite"):
-    ensure_ui_schema(Path(UI_DATABASE_URL.split(":///", 1)[1]))
+prepare_ui_database(UI_DATABASE_URL)
 
 
 @cl.data_layer
@@ -124,6 +127,7 @@ ACCESS = Access(SERVICES.audit)
 # the LangGraph thread is the Chainlit thread id, which the client chooses (socket.io auth.threadId):
 # it is used only when it is this user's conversation, or a new one
 NOT_FOUND = "This conversation was not found. Start a new chat to ask something."
+BUSY = "This conversation is still answering your previous message (in another window?). Send this one again when it has finished: nothing was lost."
 
 
 def _warm_up() -> None:
@@ -251,6 +255,8 @@ async def on_message(message: cl.Message) -> None:
     except ThreadNotFound:  # the user's conversation, or a new one that becomes theirs; never another door's
         log.warning("refused thread %s to UI user %s: not theirs", thread_id, who.name)
         await cl.Message(content=NOT_FOUND).send()
+    except ConversationBusy:  # the same chat is answering in another tab or window
+        await cl.Message(content=BUSY).send()
     except asyncio.CancelledError:  # the stop button: the model calls are cancelled; close the turn
         await asyncio.shield(board.stop(thread_id))
         raise

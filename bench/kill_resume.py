@@ -78,7 +78,7 @@ async def cycle(data: Path, work: Path, thread: str, env: dict[str, str]) -> dic
     records = Services(settings).audit.turns(thread=thread)
     call_ids = Counter(c["call_id"] for r in records for c in r["calls"])
     with sqlite3.connect(settings.ledger_path) as db:
-        rows = Counter(db.execute("SELECT subtask_id, agent FROM calls WHERE thread_id = ?", (thread,)).fetchall())
+        rows = Counter(db.execute("SELECT subtask_id, agent FROM ledger_calls WHERE thread_id = ?", (thread,)).fetchall())
     answer = out["turn"]["answer"]
     return {
         "killed": 1,

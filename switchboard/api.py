@@ -30,6 +30,7 @@ from switchboard.lifecycle import RUNTIME_UNAVAILABLE, TurnResult, report_subtas
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
 from switchboard.settings import Settings
+from switchboard.turn_locks import ConversationBusy  # noqa: F401 - re-exported: a turn refused because another runs
 from tools import review
 from tools.observability.audit import build_turn_record
 from tools.review import ReviewError  # noqa: F401 - re-exported: what resume() raises for a bad decision
@@ -64,6 +65,7 @@ class Switchboard:
         self.services = services
         self.principal = principal or Principal.local(services.settings)
         self.access = Access(services.audit)
+        services.run_setup_hook()
 
     @classmethod
     @asynccontextmanager
@@ -107,6 +109,12 @@ class Switchboard:
         fresh = thread_id is None
         thread_id = thread_id or uuid.uuid4().hex
         await self.access.check_turn(self.graph, thread_id, principal or self.principal)
+        async with self.services.turn_locks.hold(thread_id):  # one turn at a time, on every replica
+            async for event in self._stream_locked(question, thread_id, fresh, image, policy):
+                yield event
+
+    async def _stream_locked(self, question: str, thread_id: str, fresh: bool, image: str | Path | None,
+                             policy: str | None) -> AsyncIterator[lifecycle.Event]:
         if not fresh:  # a new id has no state: nothing paused, nothing cut off
             snapshot = await self.graph.aget_state(_config(thread_id))
             if pending := review.pending_reviews(snapshot):
@@ -155,11 +163,12 @@ class Switchboard:
         message starts afresh instead of finishing it. (A turn cut off by a crash or a shutdown is
         left as it is: the next message finishes it.) Returns the closing answer, if there was one."""
         await self.access.check_turn(self.graph, thread_id, principal or self.principal)
-        snapshot = await self.graph.aget_state(_config(thread_id))
-        if not _cut_off(snapshot):
-            return None
-        return await RecoveryGuard(self.graph, self.services).close_failed(snapshot, thread_id,
-                                                                          "you stopped it")
+        async with self.services.turn_locks.hold(thread_id):
+            snapshot = await self.graph.aget_state(_config(thread_id))
+            if not _cut_off(snapshot):
+                return None
+            return await RecoveryGuard(self.graph, self.services).close_failed(snapshot, thread_id,
+                                                                              "you stopped it")
 
     async def _continue(self, snapshot: Any, thread_id: str, graph_input: Any) -> TurnResult:
         """Run a stopped turn on from its checkpoint -- a reviewer's ``Command``, or ``None`` after
@@ -195,16 +204,17 @@ class Switchboard:
         """:meth:`resume` as events, like :meth:`stream`."""
         who = principal or self.principal
         owner = await self.access.check_review(self.graph, thread_id, who)
-        snapshot = await self.graph.aget_state(_config(thread_id))
-        pending = review.pending_reviews(snapshot)
-        if not pending:
-            raise NoPendingReview(f"conversation {thread_id!r} has no turn waiting for review")
-        values = review.resume_map(pending, decision, interrupt_id)
-        await record_decisions(self.services.audit, thread_id, pending, values, who, owner)
-        async for event in self._run(Command(resume=values), thread_id,
-                                     turn_policy(snapshot.values, self.services.settings.routing_policy),
-                                     skip=_reused_tasks(snapshot)):
-            yield event
+        async with self.services.turn_locks.hold(thread_id):  # two reviewers at once: one decides
+            snapshot = await self.graph.aget_state(_config(thread_id))
+            pending = review.pending_reviews(snapshot)
+            if not pending:
+                raise NoPendingReview(f"conversation {thread_id!r} has no turn waiting for review")
+            values = review.resume_map(pending, decision, interrupt_id)
+            await record_decisions(self.services.audit, thread_id, pending, values, who, owner)
+            async for event in self._run(Command(resume=values), thread_id,
+                                         turn_policy(snapshot.values, self.services.settings.routing_policy),
+                                         skip=_reused_tasks(snapshot)):
+                yield event
 
     async def _turn_result(self, snapshot: Any, thread_id: str, started: float) -> TurnResult:
         """The turn as its last checkpoint has it: answered, or paused for review."""
@@ -256,14 +266,15 @@ class Switchboard:
         record is written once. Raises LookupError if the thread has no unfinished turn (or is not
         this principal's: :class:`ThreadNotFound`)."""
         await self.access.check_turn(self.graph, thread_id, principal or self.principal)
-        snapshot = await self.graph.aget_state(_config(thread_id))
-        if not _cut_off(snapshot):
-            raise LookupError(f"thread {thread_id!r} has no unfinished turn to recover")
-        finished = await self.finish_cut_off(snapshot, thread_id)  # it may pause for review, too
-        if finished is None:  # closed as failed: report the closing answer
-            return await self._turn_result(await self.graph.aget_state(_config(thread_id)), thread_id,
-                                           time.monotonic())
-        return finished
+        async with self.services.turn_locks.hold(thread_id):
+            snapshot = await self.graph.aget_state(_config(thread_id))
+            if not _cut_off(snapshot):
+                raise LookupError(f"thread {thread_id!r} has no unfinished turn to recover")
+            finished = await self.finish_cut_off(snapshot, thread_id)  # it may pause for review, too
+            if finished is None:  # closed as failed: report the closing answer
+                return await self._turn_result(await self.graph.aget_state(_config(thread_id)), thread_id,
+                                               time.monotonic())
+            return finished
 
 
 MAX_RECOVERY_ATTEMPTS = 2

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from switchboard.settings import Settings
 from tools.models.values import POLICIES
 from tools.observability.redaction import install_log_redaction
 
+MAX_WORKERS = 32  # serve --workers
 DEMO_QUESTIONS = [
     "How many customers are from Brazil?",
     "What's your refund policy?",
@@ -222,17 +224,34 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the HTTP API (OpenAI-compatible chat completions) until interrupted."""
+    """Run the HTTP API (OpenAI-compatible chat completions) until interrupted; SIGTERM drains:
+    the listener closes at once and in-flight turns get ``--graceful-timeout`` seconds to finish."""
     import uvicorn
 
-    from switchboard.server import MissingAPIKeys, create_app
+    from switchboard.server import INSECURE_ENV, MissingAPIKeys, ServerSettings, resolve_api_keys
 
-    try:
-        app = create_app(settings, insecure_no_auth=args.insecure_no_auth)
-    except MissingAPIKeys as exc:
+    if not 1 <= args.workers <= MAX_WORKERS:
+        print(f"error: --workers must be between 1 and {MAX_WORKERS}", file=sys.stderr)
+        return 2
+    try:  # refused here, before any worker starts
+        resolve_api_keys(None, ServerSettings(), args.insecure_no_auth)
+    except (MissingAPIKeys, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    os.environ[INSECURE_ENV] = "1" if args.insecure_no_auth else "0"
+    os.environ["SWITCHBOARD_LOG_LEVEL"] = "INFO" if args.verbose else "WARNING"
+    if args.workers > 1 and not settings.chroma_url:
+        # a Chroma folder is not safe for several writers: sync the help center once, here; the
+        # workers then find nothing to write (run a Chroma server to ingest while serving)
+        from switchboard.services import Services
+
+        services = Services(settings)
+        _ = services.kb
+        print(f"help center: {services.kb_report}; {args.workers} workers share the Chroma folder "
+              f"{settings.chroma_dir} read-only (set SWITCHBOARD_CHROMA_URL for a Chroma server)", file=sys.stderr)
+    uvicorn.run("switchboard.server:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, timeout_graceful_shutdown=args.graceful_timeout,
+                log_level="info" if args.verbose else "warning")
     return 0
 
 
@@ -313,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="run without API keys (SWITCHBOARD_API_KEYS unset): anyone who can reach the port "
                             "can use it and read every conversation")
+    serve.add_argument("--workers", type=int, default=1,
+                       help=f"worker processes sharing the port (1-{MAX_WORKERS}; default 1): each is a replica "
+                            "over the same stores, one turn per conversation at a time across them")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM, how long in-flight turns may run before they are cancelled (default 30)")
     trr = sub.add_parser("train-router", help="train the light/heavy tier router from stored outcomes of both tiers")
     trr.add_argument("outcomes", nargs="+", metavar="OUTCOMES",
                      help="RouteLLM CSVs (prompt + True/False per model), MT-Bench judgements.jsonl, or JSONL of "

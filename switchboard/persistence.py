@@ -1,9 +1,14 @@
-"""Conversation persistence: a LangGraph checkpointer, SQLite file by default, PostgreSQL by URL."""
+"""Conversation persistence: a LangGraph checkpointer, SQLite file by default, PostgreSQL by URL.
+
+On PostgreSQL the saver draws from a connection pool (``checkpoint_pool_size`` per process), so
+concurrent turns do not queue behind one connection, and a connection PostgreSQL dropped is
+replaced instead of failing every later turn."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
@@ -15,10 +20,16 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
     url = settings.checkpoint_url.strip()
     if url.startswith(("postgres://", "postgresql://")):
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg import AsyncConnection
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
 
-        async with AsyncPostgresSaver.from_conn_string(url) as saver:
-            await saver.setup()
-            yield saver
+        async with AsyncConnectionPool[AsyncConnection[dict[str, Any]]](url, min_size=1, max_size=settings.checkpoint_pool_size, open=False,
+                                       kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+                                       check=AsyncConnectionPool.check_connection) as pool:
+            pg_saver = AsyncPostgresSaver(pool)
+            await pg_saver.setup()
+            yield pg_saver
         return
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 

@@ -59,7 +59,6 @@ import secrets
 import shutil
 import time
 import uuid
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -78,6 +77,7 @@ from switchboard import lifecycle
 from switchboard.access import HTTP, Principal, ReviewForbidden, ThreadNotFound
 from switchboard.api import (
     RUNTIME_UNAVAILABLE,
+    ConversationBusy,
     NoPendingReview,
     ReviewError,
     ReviewPending,
@@ -103,6 +103,7 @@ DEFAULT_MODEL = "switchboard"
 # Asked when a user sends only an image: the vision specialist then says what it reads.
 IMAGE_ONLY_QUESTION = "What does this image show?"
 KEEPALIVE_SECONDS = 10.0
+READY_TIMEOUT_S = 2.0
 TURN_FAILED = "The turn failed on the server. Try again; if it persists, the details are in the server log."
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[^;,]*)*;base64,(?P<data>.*)", re.S)
@@ -513,21 +514,6 @@ async def read_turn_request(request: Request, server: ServerSettings, default_po
 # ---------------------------------------------------------------------------------------------
 
 
-class ConversationLocks:
-    """One lock per conversation: two requests for the same thread run one after the other,
-    so neither reads a checkpoint the other is about to replace. Locks vanish when unused."""
-
-    def __init__(self) -> None:
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    def get(self, conversation: str) -> asyncio.Lock:
-        lock = self._locks.get(conversation)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[conversation] = lock
-        return lock
-
-
 def _save_upload(uploads: Path, data: bytes, mime: str | None) -> Path:
     """Write an upload under a fresh random folder; the client's bytes never choose the name."""
     folder = uploads / uuid.uuid4().hex
@@ -537,28 +523,27 @@ def _save_upload(uploads: Path, data: bytes, mime: str | None) -> Path:
     return path
 
 
-async def turn_events(board: Switchboard, locks: ConversationLocks, turn: UserTurn, conversation: str,
-                      policy: str, principal: Principal | None = None) -> AsyncGenerator[lifecycle.Event, None]:
-    """One turn's events (``Switchboard.stream``), one turn per conversation at a time. The upload
-    lives only while the turn runs (it may be a private receipt)."""
-    async with locks.get(conversation):
-        upload = None
-        if turn.image is not None:
-            uploads = board.services.settings.data_dir / "uploads"
-            upload = await asyncio.to_thread(_save_upload, uploads, turn.image, turn.image_mime)
-        try:
-            async for event in board.stream(turn.text, thread_id=conversation, image=upload, policy=policy,
-                                            principal=principal):
-                yield event
-        finally:
-            if upload is not None:
-                await asyncio.to_thread(shutil.rmtree, upload.parent, True)
+async def turn_events(board: Switchboard, turn: UserTurn, conversation: str, policy: str,
+                      principal: Principal | None = None) -> AsyncGenerator[lifecycle.Event, None]:
+    """One turn's events (``Switchboard.stream``: one turn per conversation at a time, on every
+    replica). The upload lives only while the turn runs (it may be a private receipt)."""
+    upload = None
+    if turn.image is not None:
+        uploads = board.services.settings.data_dir / "uploads"
+        upload = await asyncio.to_thread(_save_upload, uploads, turn.image, turn.image_mime)
+    try:
+        async for event in board.stream(turn.text, thread_id=conversation, image=upload, policy=policy,
+                                        principal=principal):
+            yield event
+    finally:
+        if upload is not None:
+            await asyncio.to_thread(shutil.rmtree, upload.parent, True)
 
 
-async def run_turn(board: Switchboard, locks: ConversationLocks, turn: UserTurn, conversation: str,
-                   policy: str, principal: Principal | None = None) -> TurnResult:
+async def run_turn(board: Switchboard, turn: UserTurn, conversation: str, policy: str,
+                   principal: Principal | None = None) -> TurnResult:
     """Answer one turn: :func:`turn_events`, collected."""
-    return await collect(turn_events(board, locks, turn, conversation, policy, principal))
+    return await collect(turn_events(board, turn, conversation, policy, principal))
 
 
 def route_views(subtasks: list[dict[str, Any]], ledger: list[dict[str, Any]],
@@ -672,6 +657,9 @@ async def stream_turn(events: AsyncGenerator[lifecycle.Event, None], completion_
         stopping.add_done_callback(_STOPPING.discard)
         await asyncio.shield(stopping)
         raise
+    except ConversationBusy as exc:  # the headers are sent: the 409 of a non-streamed request, as an event
+        yield _sse_error(str(exc), "conversation_busy")
+        return
     except Exception:  # noqa: BLE001 - logged; the client gets OpenAI's error shape, never a trace
         log.exception("streamed turn %s failed", completion_id)
         yield _sse_error(TURN_FAILED)
@@ -762,6 +750,12 @@ def not_found(conversation: str) -> APIError:
     return APIError(404, f"No conversation with id {conversation!r}.", code="thread_not_found")
 
 
+def busy(exc: ConversationBusy) -> APIError:
+    """A second message for a conversation still answering another (on any replica)."""
+    return APIError(409, f"{str(exc)[0].upper()}{str(exc)[1:]}.", code="conversation_busy",
+                    headers={"Retry-After": "5", CONVERSATION_HEADER: exc.thread_id})
+
+
 def forbidden(exc: ReviewForbidden) -> APIError:
     return APIError(403, str(exc), type="permission_error", code="review_not_allowed")
 
@@ -800,6 +794,27 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, "Internal server error. The details are in the server log.",
                               type="server_error", code="internal_error")
+
+
+def _ping_store(board: Switchboard) -> None:
+    """One round trip to the database the audit trail shares with the checkpointer."""
+    with board.services.audit.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+
+
+# `switchboard serve --workers N` passes --insecure-no-auth to its worker processes this way
+INSECURE_ENV = "SWITCHBOARD_SERVE_INSECURE_NO_AUTH"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of ``switchboard serve`` (uvicorn's factory): everything
+    comes from the environment, which the workers inherit from the command."""
+    from tools.observability.redaction import install_log_redaction
+
+    logging.basicConfig(level=os.environ.get("SWITCHBOARD_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    install_log_redaction()  # each worker is a fresh process: no e-mail, phone or key reaches its log
+    return create_app(Settings(), insecure_no_auth=os.environ.get(INSECURE_ENV) == "1")
 
 
 def resolve_api_keys(api_keys: Sequence[str] | None, server: ServerSettings,
@@ -849,14 +864,31 @@ def create_app(
             yield
 
     app = FastAPI(title="Switchboard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.locks = ConversationLocks()
     app.state.user_key = user_id_key(server, settings.data_dir)
     _install_error_handlers(app)
     authed = [Depends(make_auth_dependency(keys, settings))]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
         return {"status": "ok"}
+
+    @app.get("/readyz", response_model=None)
+    async def readyz() -> dict[str, str] | JSONResponse:
+        """Readiness, for a load balancer's health check: the app is open and its conversation
+        store answers within ``READY_TIMEOUT_S``. (On SIGTERM the server stops accepting
+        connections at once, so a balancer's next check fails and the replica leaves rotation while
+        its in-flight turns finish.)"""
+        board: Switchboard | None = getattr(app.state, "board", None)
+        if board is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(_ping_store, board), READY_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - any failure means "not ready"; the log says which
+            log.warning("readiness: the conversation store does not answer", exc_info=True)
+            return JSONResponse({"status": "unavailable", "detail": "the conversation store does not answer"},
+                                status_code=503)
+        return {"status": "ready"}
 
     @app.get("/metrics")
     async def prometheus_metrics(request: Request) -> Response:
@@ -877,7 +909,6 @@ def create_app(
         caller = caller_of(request)
         turn = await read_turn_request(request, server, settings.routing_policy)
         board: Switchboard = request.app.state.board
-        locks: ConversationLocks = request.app.state.locks
         headers = {CONVERSATION_HEADER: turn.conversation}
         log.info("turn %s conversation=%s policy=%s image=%s stream=%s principal=%s", turn.completion_id,
                  turn.conversation, turn.policy, turn.turn.image is not None, turn.stream, caller.name)
@@ -890,9 +921,11 @@ def create_app(
             raise review_pending_error(ReviewPending(turn.conversation, pending))
         if not turn.stream:
             try:
-                result = await run_turn(board, locks, turn.turn, turn.conversation, turn.policy, caller)
+                result = await run_turn(board, turn.turn, turn.conversation, turn.policy, caller)
             except ReviewPending as exc:  # paused by a concurrent request after the check above
                 raise review_pending_error(exc) from exc
+            except ConversationBusy as exc:
+                raise busy(exc) from exc
             except ThreadNotFound as exc:
                 raise not_found(turn.conversation) from exc
             except Exception as exc:  # answered here, not by the last-resort handler: the connection stays usable
@@ -903,7 +936,7 @@ def create_app(
             return JSONResponse(completion_body(result, turn.completion_id, turn.model), headers=headers)
         # the turn runs inside the response: a client that disconnects cancels its model calls, and
         # the turn is closed with what its finished parts found (Switchboard.stop)
-        events = turn_events(board, locks, turn.turn, turn.conversation, turn.policy, caller)
+        events = turn_events(board, turn.turn, turn.conversation, turn.policy, caller)
 
         async def stop() -> None:
             try:
@@ -977,27 +1010,28 @@ def create_app(
             raise forbidden(exc) from exc
         decision = parse_body(await read_limited_body(request, server.max_request_bytes), ReviewRequest)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        async with request.app.state.locks.get(conversation):
-            if not await _reviews(conversation, caller):
-                raise APIError(409, f"Conversation {conversation!r} has no turn waiting for review.",
-                               code="no_pending_review")
-            log.info("review %s conversation=%s action=%s reviewer=%s", completion_id, conversation,
-                     decision.action, caller.name)
-            try:
-                result = await board.resume(conversation, decision.model_dump(include={"action", "sql"}, exclude_none=True),
-                                            interrupt_id=decision.interrupt_id, principal=caller)
-            except ThreadNotFound as exc:
-                raise not_found(conversation) from exc
-            except ReviewForbidden as exc:
-                raise forbidden(exc) from exc
-            except ReviewError as exc:
-                raise APIError(400, f"Invalid review decision: {exc}.", code="invalid_review_decision",
-                               param="interrupt_id" if decision.interrupt_id else "action") from exc
-            except NoPendingReview as exc:  # decided by a concurrent request
-                raise APIError(409, str(exc), code="no_pending_review") from exc
-            except Exception as exc:  # noqa: BLE001 - like a failed turn: logged, answered generically
-                log.exception("review %s failed", completion_id)
-                raise APIError(500, TURN_FAILED, type="server_error", code="internal_error") from exc
+        if not await _reviews(conversation, caller):
+            raise APIError(409, f"Conversation {conversation!r} has no turn waiting for review.",
+                           code="no_pending_review")
+        log.info("review %s conversation=%s action=%s reviewer=%s", completion_id, conversation,
+                 decision.action, caller.name)
+        try:  # Switchboard.resume holds the conversation's turn lock
+            result = await board.resume(conversation, decision.model_dump(include={"action", "sql"}, exclude_none=True),
+                                        interrupt_id=decision.interrupt_id, principal=caller)
+        except ThreadNotFound as exc:
+            raise not_found(conversation) from exc
+        except ReviewForbidden as exc:
+            raise forbidden(exc) from exc
+        except ReviewError as exc:
+            raise APIError(400, f"Invalid review decision: {exc}.", code="invalid_review_decision",
+                           param="interrupt_id" if decision.interrupt_id else "action") from exc
+        except NoPendingReview as exc:  # decided by a concurrent request
+            raise APIError(409, str(exc), code="no_pending_review") from exc
+        except ConversationBusy as exc:
+            raise busy(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - like a failed turn: logged, answered generically
+            log.exception("review %s failed", completion_id)
+            raise APIError(500, TURN_FAILED, type="server_error", code="internal_error") from exc
         return JSONResponse(completion_body(result, completion_id, DEFAULT_MODEL),
                             headers={CONVERSATION_HEADER: conversation})
 

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, cast
 
 from agents.deps import AgentConfig
 from switchboard.settings import Settings
+from switchboard.turn_locks import TurnLocks, turn_locks_for
 from tools.models.gateway import GatewayConfig, ModelGateway
-from tools.models.ledger import Ledger
+from tools.models.ledger import Ledger, ledger_url
 from tools.models.providers import LocalRuntimeConfig, ProviderConfig, build_chat
 from tools.models.recording import Cassette
 from tools.models.registry import ModelRegistry, read_registry_file
@@ -59,6 +60,7 @@ def provider_secrets(settings: Settings, specs: Mapping[str, ModelSpec]) -> dict
 class Services:
     settings: Settings
     kb_report: str = ""  # what opening the knowledge base synced from the help center folder
+    _hook_ran: bool = False
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -81,7 +83,8 @@ class Services:
             secrets=secrets, build_chat=lambda spec, role: build_chat(spec, role, providers),
             load_tier_router=lambda: self.tier_router, cassette=self.cassette, record_mode=s.record_mode,
         )
-        registry.gateway = ModelGateway(registry, Ledger(s.ledger_path), self.audit, GatewayConfig(
+        ledger = Ledger(ledger_url(s.checkpoint_url, s.data_dir))
+        registry.gateway = ModelGateway(registry, ledger, self.audit, GatewayConfig(
             cache_ttl_s=s.cache_ttl_s, local_ctx=s.local_ctx, breaker_failures=s.breaker_failures,
             breaker_cooldown_s=s.breaker_cooldown_s, budget_conversation_usd=s.budget_conversation_usd,
             budget_day_usd=s.budget_day_usd, review_cost_usd=s.review_cost_usd,
@@ -180,6 +183,26 @@ class Services:
 
         return GraphConfig(default_policy=self.settings.routing_policy,
                            summary_max_chars=self.settings.summary_max_chars)
+
+    @cached_property
+    def turn_locks(self) -> TurnLocks:
+        """One turn at a time per conversation, for every door and replica of this process's stores."""
+        s = self.settings
+        return turn_locks_for(s.checkpoint_url, s.data_dir, s.turn_wait_s)
+
+    def run_setup_hook(self) -> None:
+        """Call ``Settings.setup_hook`` (``module:function``) with these services, once."""
+        if not self.settings.setup_hook or self._hook_ran:
+            return
+        import importlib
+
+        module, _, name = self.settings.setup_hook.partition(":")
+        try:
+            hook = getattr(importlib.import_module(module), name or "setup")
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"SWITCHBOARD_SETUP_HOOK={self.settings.setup_hook!r} cannot be loaded: {exc}") from exc
+        hook(self)
+        self._hook_ran = True
 
     # --- stores ------------------------------------------------------------------------------
     @cached_property

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{REPO_ROOT / 'data' / 'chinook' / 'chinook.sqlite'}"
     # Conversation persistence: empty means a SQLite file under data_dir; or a postgresql:// URL.
     checkpoint_url: str = ""
+    # PostgreSQL connections per process for the checkpointer (a pool; turns in flight share them).
+    checkpoint_pool_size: int = Field(default=10, ge=1, le=100)
     # The business every prompt names (agents/profile.py): unset = <data dir>/profile.yaml when
     # `switchboard init` wrote one, else the demo store's (switchboard/config/profile.yaml).
     profile_file: Path | None = None
@@ -188,6 +190,15 @@ class Settings(BaseSettings):
             items = json.loads(raw) if raw.startswith("[") else raw.split(",")
             return [str(v).strip() for v in items if str(v).strip()]
         return value
+
+    # One turn at a time per conversation, across processes and replicas (switchboard/turn_locks.py):
+    # a message for a conversation that is busy with another turn waits this long, then is refused
+    # ("conversation busy", HTTP 409).
+    turn_wait_s: float = 60.0
+    # A module:function called with the Services once a Switchboard opens (switchboard/api.py), to
+    # register your own LangChain chat models (services.registry.use_chat_model) or tools. The
+    # benchmarks and the cluster test use it to serve fake models with a fixed latency.
+    setup_hook: str = ""
 
     # Conversation summary is kept under this many characters.
     summary_max_chars: int = 1500

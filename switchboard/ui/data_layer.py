@@ -112,8 +112,13 @@ UI_SCHEMA: dict[str, dict[str, str]] = {
 }
 
 
+def _plain_type(sql_type: str) -> str:
+    """A column type without its constraints, for ``ALTER TABLE ... ADD COLUMN``."""
+    return sql_type.replace(" NOT NULL", "").replace(" PRIMARY KEY", "").replace(" UNIQUE", "")
+
+
 def ensure_ui_schema(db_path: Path) -> None:
-    """Create the history tables if missing, and add any column a newer Chainlit writes."""
+    """Create the history tables if missing, and add any column a newer Chainlit writes (SQLite)."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(db_path) as con:
         con.execute("PRAGMA journal_mode=WAL")
@@ -123,11 +128,40 @@ def ensure_ui_schema(db_path: Path) -> None:
             have = {row[1] for row in con.execute(f'PRAGMA table_info("{table}")')}
             for c, t in columns.items():
                 if c not in have:
-                    con.execute(
-                        f'ALTER TABLE "{table}" ADD COLUMN "{c}" {t.replace(" NOT NULL", "").replace(" PRIMARY KEY", "").replace(" UNIQUE", "")}'
-                    )
+                    con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{c}" {_plain_type(t)}')
         con.execute('CREATE INDEX IF NOT EXISTS steps_thread ON steps ("threadId")')
         con.execute('CREATE INDEX IF NOT EXISTS threads_user ON threads ("userId")')
+
+
+def ensure_ui_schema_postgres(url: str) -> None:
+    """The same tables in PostgreSQL (shared by every replica), with the same column types: JSON is
+    kept as text, exactly as on SQLite, so the data layer reads back what it wrote either way."""
+    import psycopg
+
+    def pg(sql_type: str) -> str:
+        return sql_type.replace("INT", "INTEGER") if sql_type.startswith("INT") else sql_type
+
+    with psycopg.connect(url, autocommit=True) as con:
+        # several replicas may start at once: one creates the tables, the others wait for it
+        con.execute("SELECT pg_advisory_lock(hashtext('switchboard-ui-schema'))")
+        try:
+            for table, columns in UI_SCHEMA.items():
+                cols = ", ".join(f'"{c}" {pg(t)}' for c, t in columns.items())
+                con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({cols})')
+                for c, t in columns.items():
+                    con.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS "{c}" {_plain_type(pg(t))}')
+            con.execute('CREATE INDEX IF NOT EXISTS steps_thread ON steps ("threadId")')
+            con.execute('CREATE INDEX IF NOT EXISTS threads_user ON threads ("userId")')
+        finally:
+            con.execute("SELECT pg_advisory_unlock(hashtext('switchboard-ui-schema'))")
+
+
+def prepare_ui_database(url: str) -> None:
+    """Create or update the chat-history tables where ``url`` (:func:`ui_database_url`) points."""
+    if url.startswith("sqlite"):
+        ensure_ui_schema(Path(url.split(":///", 1)[1]))
+    elif url.startswith("postgresql"):
+        ensure_ui_schema_postgres("postgresql://" + url.split("://", 1)[1])
 
 
 class OrderedSQLAlchemyDataLayer(SQLAlchemyDataLayer):
@@ -192,7 +226,13 @@ class OrderedSQLAlchemyDataLayer(SQLAlchemyDataLayer):
 
 
 def ui_database_url(settings: Settings) -> str:
+    """Where chat history lives: ``SWITCHBOARD_UI_DATABASE_URL`` if set, else the checkpointer's
+    PostgreSQL database when it has one (every replica shows the same history), else SQLite in
+    the data dir."""
     url = os.environ.get("SWITCHBOARD_UI_DATABASE_URL", "").strip()
     if url:
         return url
+    checkpoints = settings.checkpoint_url.strip()
+    if checkpoints.startswith(("postgres://", "postgresql://")):
+        return "postgresql+psycopg://" + checkpoints.split("://", 1)[1]
     return f"sqlite+aiosqlite:///{settings.data_dir / 'ui_history.sqlite'}"

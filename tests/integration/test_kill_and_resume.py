@@ -52,7 +52,7 @@ def events(work: Path) -> list[dict[str, Any]]:
 
 def ledger_rows(settings: Settings) -> list[tuple[str, str]]:
     with sqlite3.connect(settings.ledger_path) as db:
-        return db.execute("SELECT agent, subtask_id FROM calls WHERE thread_id = ? ORDER BY id", (THREAD,)).fetchall()
+        return db.execute("SELECT agent, subtask_id FROM ledger_calls WHERE thread_id = ? ORDER BY id", (THREAD,)).fetchall()
 
 
 async def checkpointed(graph: Any) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 
-from tools.models.ledger import Ledger, day_of
+from tools.models.ledger import Ledger, Limit, Refusal, Reservation, day_of
 from tools.models.local_llm import LocalRuntimeUnavailable, check_fits
 from tools.models.recording import message_dicts
 from tools.models.registry import current_thread_id
@@ -153,37 +153,47 @@ class ModelGateway:
         self._shadows: set[asyncio.Task[None]] = set()
 
     # --- budgets ---------------------------------------------------------------------------
-    def _over_budget(self, spec: ModelSpec, est: float, thread_id: str | None) -> str | None:
-        today = day_of(time.time())
-        limits = [("conversation", self.settings.budget_conversation_usd, thread_id or ""),
-                  ("daily", self.settings.budget_day_usd, today)]
-        for label, limit, key in limits:
-            if limit is None:  # no budget: no ledger query on this hot path
-                continue
-            if label == "conversation":
-                spent = self.ledger.spent(thread_id=thread_id) if thread_id else 0.0
-            else:
-                spent = self.ledger.spent(day=today)
-            if spent >= 0.8 * limit and f"{label}:{key}" not in self._alerted:
-                self._alerted.add(f"{label}:{key}")
-                log.warning("budget alert: %s spending $%.4f is %.0f%% of $%.2f", label, spent, 100 * spent / limit, limit)
-            if est > 0 and spent + est > limit:
-                return f"the {label} budget of ${limit:.2f} would be exceeded (spent ${spent:.4f}, this call ≈ ${est:.4f})"
-        return None
+    def _limits(self, thread_id: str | None) -> list[Limit]:
+        out = []
+        if self.settings.budget_conversation_usd is not None and thread_id:
+            out.append(Limit("conversation", thread_id, self.settings.budget_conversation_usd))
+        if self.settings.budget_day_usd is not None:
+            out.append(Limit("daily", day_of(time.time()), self.settings.budget_day_usd))
+        return out
 
-    def _within_budget(self, spec: ModelSpec, messages: list[BaseMessage], max_tokens: int,
-                       thread_id: str | None, notes: list[str]) -> ModelSpec:
-        est = spec.cost(estimate_tokens(messages), max_tokens)
-        problem = self._over_budget(spec, est, thread_id)
-        if problem is None:
-            return spec
+    async def _reserve(self, spec: ModelSpec, est: float, thread_id: str | None) -> Reservation | Refusal | None:
+        """Hold ``est`` against every budget (atomically, across replicas: ``Ledger.reserve``);
+        None when no budget applies or the call is free (no ledger query on this hot path)."""
+        limits = self._limits(thread_id)
+        if not limits or est <= 0:
+            return None
+        got = await asyncio.to_thread(self.ledger.reserve, est, limits)
+        if isinstance(got, Reservation):
+            for lim in limits:
+                spent = got.spent_after[lim.scope]
+                if spent >= 0.8 * lim.usd and f"{lim.scope}:{lim.key}" not in self._alerted:
+                    self._alerted.add(f"{lim.scope}:{lim.key}")
+                    log.warning("budget alert: %s spending $%.4f (with this call) is %.0f%% of $%.2f",
+                                lim.scope, spent, 100 * spent / lim.usd, lim.usd)
+        return got
+
+    async def _within_budget(self, spec: ModelSpec, messages: list[BaseMessage], max_tokens: int,
+                             thread_id: str | None, notes: list[str]) -> tuple[ModelSpec, Reservation | None]:
+        """The model to call and its budget reservation: ``spec``, else the light tier when only
+        that fits, else :class:`BudgetExceeded`."""
+        tokens = estimate_tokens(messages)
+        est = spec.cost(tokens, max_tokens)
+        got = await self._reserve(spec, est, thread_id)
+        if not isinstance(got, Refusal):
+            return spec, got
+        problem = (f"the {got.scope} budget of ${got.limit:.2f} would be exceeded "
+                   f"(spent ${got.spent:.4f}, this call ≈ ${est:.4f})")
         if (light := self.registry.light_instead(spec)) is not None:
-            if self._over_budget(
-                light, light.cost(estimate_tokens(messages), max_tokens), thread_id
-            ) is None:
+            got_light = await self._reserve(light, light.cost(tokens, max_tokens), thread_id)
+            if not isinstance(got_light, Refusal):
                 notes.append(f"budget: {spec.name} -> {light.name} ({problem})")
                 log.warning("budget: moving %s to the light tier (%s): %s", spec.name, light.name, problem)
-                return light
+                return light, got_light
         log.warning("budget: refusing a call to %s: %s", spec.name, problem)
         raise BudgetExceeded(f"I can't run this request: {problem}.")
 
@@ -235,36 +245,64 @@ class ModelGateway:
         """One model call. ``answer``: its text is the user's answer, and its tokens go there as they
         arrive (``agents/streaming.py``); other calls (a SQL query, triage, validation) stream only
         to LangGraph's ``messages`` mode, for the steps."""
-        visible = answer is not None
         thread_id = current_thread_id()
         notes: list[str] = [note] if note else []
         # a cached answer is free: looked up before a budget or a cost review could refuse or pause it
         spec = handle.spec
         key = cache_key(spec, messages, max_tokens, stop)
         hit = await self._cached(key)
+        reservation: Reservation | None = None
         if hit is None:
             spec = self._cost_review(handle.spec, messages, max_tokens, thread_id, notes, agent=agent, task=task,
                                      subtask_id=subtask_id)
-            spec = self._within_budget(spec, messages, max_tokens, thread_id, notes)
+            spec, reservation = await self._within_budget(spec, messages, max_tokens, thread_id, notes)
             if spec is not handle.spec:  # moved to another tier: that model's answer may be cached too
                 key = cache_key(spec, messages, max_tokens, stop)
                 hit = await self._cached(key)
-        if hit is not None:
-            content, t_in, t_out = hit
-            entry = LedgerEntry(agent=agent, task=task, model=spec.name, model_version=spec.version,
-                                tokens_in=t_in, tokens_out=t_out, cost_usd=0.0, latency_ms=0,
-                                subtask_id=subtask_id, cached=True, note="; ".join(notes))
-            await asyncio.to_thread(self.ledger.record, entry, thread_id)
-            metrics.record_model_call(entry)
-            with telemetry.model_call_span(spec, agent=agent, max_tokens=max_tokens, thread_id=thread_id,
-                                           subtask_id=subtask_id, cached=True) as call:
-                call.succeeded(entry)
-            announce({"switchboard": "call", "subtask_id": subtask_id, "agent": agent, "model": spec.name,
-                      "tier": spec.tier, "visible": visible, "cached": True})
-            if answer is not None:  # arrives at once
-                await answer.cached(content)
-            return AIMessage(content=content, response_metadata={"cached": True}), entry
+        settled = False
+        try:
+            if hit is not None:
+                return await self._answer_cached(hit, spec, agent, task, max_tokens, subtask_id, notes, thread_id, answer)
+            msg, entry = await self._call_models(spec, messages, agent=agent, task=task, max_tokens=max_tokens,
+                                                 stop=stop, subtask_id=subtask_id, notes=notes, answer=answer,
+                                                 thread_id=thread_id)
+            await asyncio.to_thread(self.ledger.record, entry, thread_id, reservation)
+            settled = True
+        finally:
+            if reservation is not None and not settled:  # no call was made (or none succeeded): give it back
+                self.ledger.release(reservation)
+        metrics.record_model_call(entry)
+        if self.settings.cache_ttl_s > 0 and not entry.note:
+            await asyncio.to_thread(self.ledger.store, key, entry.model, str(msg.content), entry.tokens_in,
+                                    entry.tokens_out, self.settings.cache_ttl_s)
+        self._shadow(self.registry.specs[entry.model], messages, agent=agent, task=task, max_tokens=max_tokens,
+                     stop=stop, subtask_id=subtask_id, champion=entry, thread_id=thread_id)
+        return msg, entry
 
+    async def _answer_cached(self, hit: tuple[str, int, int], spec: ModelSpec, agent: str, task: str,
+                             max_tokens: int, subtask_id: str, notes: list[str], thread_id: str | None,
+                             answer: AnswerSink | None) -> tuple[AIMessage, LedgerEntry]:
+        """A cached answer: free, recorded as such, and sent to the answer stream at once."""
+        content, t_in, t_out = hit
+        entry = LedgerEntry(agent=agent, task=task, model=spec.name, model_version=spec.version,
+                            tokens_in=t_in, tokens_out=t_out, cost_usd=0.0, latency_ms=0,
+                            subtask_id=subtask_id, cached=True, note="; ".join(notes))
+        await asyncio.to_thread(self.ledger.record, entry, thread_id)
+        metrics.record_model_call(entry)
+        with telemetry.model_call_span(spec, agent=agent, max_tokens=max_tokens, thread_id=thread_id,
+                                       subtask_id=subtask_id, cached=True) as call:
+            call.succeeded(entry)
+        announce({"switchboard": "call", "subtask_id": subtask_id, "agent": agent, "model": spec.name,
+                  "tier": spec.tier, "visible": answer is not None, "cached": True})
+        if answer is not None:  # arrives at once
+            await answer.cached(content)
+        return AIMessage(content=content, response_metadata={"cached": True}), entry
+
+    async def _call_models(self, spec: ModelSpec, messages: list[BaseMessage], *, agent: str, task: str,
+                           max_tokens: int, stop: list[str] | None, subtask_id: str, notes: list[str],
+                           answer: AnswerSink | None, thread_id: str | None) -> tuple[AIMessage, LedgerEntry]:
+        """The model, else its fallbacks in order (a model cooling down is skipped): the first answer."""
+        visible = answer is not None
         candidates = [spec.name, *spec.fallbacks]
         errors: list[str] = []
         runtime_error: Exception | None = None  # the local runtime's own message says how to fix it
@@ -313,13 +351,6 @@ class ModelGateway:
                 msg, entry = self._account(cand, full, started, agent, task, subtask_id, notes)
                 entry.fallback = bool(errors)
                 call.succeeded(entry, full)
-            await asyncio.to_thread(self.ledger.record, entry, thread_id)
-            metrics.record_model_call(entry)
-            if self.settings.cache_ttl_s > 0 and not entry.note:
-                await asyncio.to_thread(self.ledger.store, key, cand.name, str(msg.content), entry.tokens_in,
-                                        entry.tokens_out)
-            self._shadow(cand, messages, agent=agent, task=task, max_tokens=max_tokens, stop=stop,
-                         subtask_id=subtask_id, champion=entry, thread_id=thread_id)
             return msg, entry
         if runtime_error is not None:
             raise runtime_error

@@ -1,69 +1,236 @@
-"""The persistent record of model calls (SQLite), which budgets are computed from, and the
-response cache."""
+"""The persistent record of model calls, the running spend that budgets are checked against, and
+the response cache: SQLite in the data dir by default, PostgreSQL when the checkpointer is (one
+database setting for everything a replica shares, ``switchboard/persistence.py``).
+
+Budgets hold across processes and replicas: before a call that costs money, :meth:`Ledger.reserve`
+adds the call's estimate to the conversation's and the day's running spend in one transaction,
+with a conditional ``UPDATE ... WHERE spent + estimate <= limit`` (atomic in SQLite and, under
+PostgreSQL's row locks, in PostgreSQL), so N replicas racing for the last dollars of a daily
+budget cannot all pass the check. :meth:`Ledger.record` then replaces the estimate with what the
+call cost, in the same transaction as its ledger row; a failed call's reservation is released.
+The estimate counts the whole ``max_tokens`` as output, so a call costs at most its reservation
+(plus the error of estimating input tokens as characters / 4). A process killed between the two
+leaves its reservation counted: the budget errs on the side of spending less.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
+import logging
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tools.models.values import LedgerEntry
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, day TEXT NOT NULL, thread_id TEXT,
-    subtask_id TEXT, agent TEXT, model TEXT, model_version TEXT, tokens_in INTEGER,
-    tokens_out INTEGER, cost_usd REAL, latency_ms INTEGER, cached INTEGER, note TEXT);
-CREATE INDEX IF NOT EXISTS calls_thread ON calls(thread_id);
-CREATE INDEX IF NOT EXISTS calls_day ON calls(day);
-CREATE TABLE IF NOT EXISTS cache (
-    key TEXT PRIMARY KEY, ts REAL NOT NULL, model TEXT, content TEXT,
-    tokens_in INTEGER, tokens_out INTEGER);
-"""
+log = logging.getLogger("switchboard.ledger")
 
+metadata = MetaData()
+calls_table = Table(
+    "ledger_calls", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_id", String(64), nullable=False, unique=True),  # a call is recorded once, whoever records it
+    Column("ts", Float, nullable=False), Column("day", String(10), nullable=False, index=True),
+    Column("thread_id", String(200), index=True), Column("subtask_id", String(40)), Column("agent", String(40)),
+    Column("role", String(20)), Column("model", String(120)), Column("model_version", String(200)),
+    Column("tokens_in", Integer), Column("tokens_out", Integer), Column("cost_usd", Float),
+    Column("latency_ms", Integer), Column("cached", Integer), Column("note", Text),
+)
+spend_table = Table(  # running totals: ("conversation", thread id) and ("daily", UTC day)
+    "ledger_spend", metadata,
+    Column("scope", String(20), primary_key=True), Column("key", String(200), primary_key=True),
+    Column("spent", Float, nullable=False), Column("ts", Float, nullable=False),
+)
+cache_table = Table(
+    "response_cache", metadata,
+    Column("key", String(64), primary_key=True), Column("ts", Float, nullable=False), Column("model", String(120)),
+    Column("content", Text), Column("tokens_in", Integer), Column("tokens_out", Integer),
+)
+Index("response_cache_ts", cache_table.c.ts)
 
-class Ledger:
-    """The persistent record of model calls (SQLite) and the response cache."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-
-    def record(self, entry: LedgerEntry, thread_id: str | None) -> None:
-        now = time.time()
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO calls (ts, day, thread_id, subtask_id, agent, model, model_version, tokens_in,"
-                " tokens_out, cost_usd, latency_ms, cached, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (now, day_of(now), thread_id, entry.subtask_id, entry.agent, entry.model, entry.model_version,
-                 entry.tokens_in, entry.tokens_out, entry.cost_usd, entry.latency_ms, int(entry.cached), entry.note),
-            )
-
-    def spent(self, *, thread_id: str | None = None, day: str | None = None) -> float:
-        where, args = ("thread_id = ?", (thread_id,)) if thread_id else ("day = ?", (day,))
-        with self._lock:
-            (total,) = self._db.execute(f"SELECT COALESCE(SUM(cost_usd), 0) FROM calls WHERE {where}", args).fetchone()
-        return float(total)
-
-    def cached(self, key: str, ttl_s: int) -> tuple[str, int, int] | None:
-        with self._lock:
-            row: tuple[str, int, int] | None = self._db.execute(
-                "SELECT content, tokens_in, tokens_out FROM cache WHERE key = ? AND ts >= ?", (key, time.time() - ttl_s)
-            ).fetchone()
-        return row
-
-    def store(self, key: str, model: str, content: str, t_in: int, t_out: int) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?,?,?,?)",
-                             (key, time.time(), model, content, t_in, t_out))
-
+PURGE_EVERY = 500  # cache writes between two deletions of expired answers
 
 
 def day_of(ts: float) -> str:
     """The UTC day of a timestamp: daily budgets reset at midnight UTC."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def ledger_url(checkpoint_url: str, data_dir: Path) -> str:
+    """PostgreSQL when the checkpointer is (the same database); else ``ledger.sqlite`` in the data dir."""
+    url = checkpoint_url.strip()
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / 'ledger.sqlite'}"
+
+
+@dataclass(frozen=True)
+class Limit:
+    scope: str  # "conversation" | "daily"
+    key: str  # the thread id | the UTC day
+    usd: float
+
+
+@dataclass
+class Reservation:
+    """An estimate added to running spends before a call; settled by :meth:`Ledger.record`."""
+
+    usd: float
+    scopes: tuple[tuple[str, str], ...]
+    spent_after: dict[str, float] = field(default_factory=dict)  # scope -> running spend with this estimate
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A reservation that would take a scope past its limit."""
+
+    scope: str
+    spent: float
+    limit: float
+
+
+class Ledger:
+    """Model calls, running spends and cached answers (SQLAlchemy: SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if self._sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+        self.engine = create_engine(url, **kwargs)
+        if self._sqlite:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        metadata.create_all(self.engine)
+        self._stores = 0
+
+    @classmethod
+    def at(cls, path: Path) -> Ledger:
+        """A SQLite ledger in a file (tests, benchmarks)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{path}")
+
+    def _upsert_spend(self, conn: Connection, scope: str, key: str, delta: float, now: float) -> None:
+        dialect = sqlite if self._sqlite else postgresql
+        stmt = dialect.insert(spend_table).values(scope=scope, key=key, spent=delta, ts=now)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["scope", "key"],
+            set_={"spent": spend_table.c.spent + stmt.excluded.spent, "ts": stmt.excluded.ts}))
+
+    # --- budgets -------------------------------------------------------------------------------
+    def reserve(self, usd: float, limits: list[Limit]) -> Reservation | Refusal:
+        """Add ``usd`` to every limit's running spend, or to none if any would pass its limit."""
+        now = time.time()
+        out = Reservation(usd, tuple((lim.scope, lim.key) for lim in limits))
+        with self.engine.connect() as conn, conn.begin() as tx:
+            for lim in limits:
+                # the first statement writes, so SQLite takes its write lock here: one writer at a time
+                self._upsert_spend(conn, lim.scope, lim.key, 0.0, now)  # the row exists from here on
+                where = (spend_table.c.scope == lim.scope) & (spend_table.c.key == lim.key)
+                row = conn.execute(update(spend_table).where(where & (spend_table.c.spent + usd <= lim.usd))
+                                   .values(spent=spend_table.c.spent + usd, ts=now)
+                                   .returning(spend_table.c.spent)).first()
+                if row is None:
+                    spent = conn.execute(select(spend_table.c.spent).where(where)).scalar_one()
+                    tx.rollback()  # the scopes reserved before this one are given back too
+                    return Refusal(lim.scope, float(spent), lim.usd)
+                out.spent_after[lim.scope] = float(row[0])
+        return out
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose call failed (nothing was recorded)."""
+        if reservation.usd <= 0:
+            return
+        now = time.time()
+        with self.engine.begin() as conn:
+            for scope, key in reservation.scopes:
+                self._upsert_spend(conn, scope, key, -reservation.usd, now)
+
+    def spent(self, *, thread_id: str | None = None, day: str | None = None) -> float:
+        scope, key = ("conversation", thread_id) if thread_id else ("daily", day or day_of(time.time()))
+        with self.engine.connect() as conn:
+            value = conn.execute(select(spend_table.c.spent).where(
+                (spend_table.c.scope == scope) & (spend_table.c.key == key))).scalar()
+        return float(value or 0.0)
+
+    # --- the record ----------------------------------------------------------------------------
+    def record(self, entry: LedgerEntry, thread_id: str | None, reservation: Reservation | None = None) -> None:
+        """One call's row, and its cost in the running spends (its reservation settled), atomically.
+        Recording a call id twice (a retried write) changes nothing."""
+        now = time.time()
+        day = day_of(now)
+        row = {"call_id": entry.call_id, "ts": now, "day": day, "thread_id": thread_id,
+               "subtask_id": entry.subtask_id, "agent": entry.agent, "role": entry.role, "model": entry.model,
+               "model_version": entry.model_version, "tokens_in": entry.tokens_in, "tokens_out": entry.tokens_out,
+               "cost_usd": entry.cost_usd, "latency_ms": entry.latency_ms, "cached": int(entry.cached),
+               "note": entry.note}
+        dialect = sqlite if self._sqlite else postgresql
+        with self.engine.begin() as conn:
+            inserted = conn.execute(dialect.insert(calls_table).values(**row)
+                                    .on_conflict_do_nothing(index_elements=["call_id"])).rowcount
+            if not inserted:
+                log.info("ledger: call %s is already recorded", entry.call_id)
+                if reservation is not None:
+                    for scope, key in reservation.scopes:
+                        self._upsert_spend(conn, scope, key, -reservation.usd, now)
+                return
+            if reservation is not None:  # the estimate becomes the cost
+                for scope, key in reservation.scopes:
+                    self._upsert_spend(conn, scope, key, entry.cost_usd - reservation.usd, now)
+            elif entry.cost_usd > 0:  # no budget checked this call: its cost still counts
+                scopes = [("daily", day)] + ([("conversation", thread_id)] if thread_id else [])
+                for scope, key in scopes:
+                    self._upsert_spend(conn, scope, key, entry.cost_usd, now)
+
+    def calls(self, thread_id: str) -> list[dict[str, Any]]:
+        """A conversation's recorded calls, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(calls_table).where(calls_table.c.thread_id == thread_id)
+                                .order_by(calls_table.c.id)).mappings().all()
+        return [dict(r) for r in rows]
+
+    # --- the response cache --------------------------------------------------------------------
+    def cached(self, key: str, ttl_s: int) -> tuple[str, int, int] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(cache_table.c.content, cache_table.c.tokens_in, cache_table.c.tokens_out)
+                               .where((cache_table.c.key == key) & (cache_table.c.ts >= time.time() - ttl_s))).first()
+        return (str(row[0]), int(row[1] or 0), int(row[2] or 0)) if row else None
+
+    def store(self, key: str, model: str, content: str, t_in: int, t_out: int, ttl_s: int) -> None:
+        now = time.time()
+        dialect = sqlite if self._sqlite else postgresql
+        stmt = dialect.insert(cache_table).values(key=key, ts=now, model=model, content=content,
+                                                  tokens_in=t_in, tokens_out=t_out)
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={
+                c: stmt.excluded[c] for c in ("ts", "model", "content", "tokens_in", "tokens_out")}))
+            self._stores += 1
+            if self._stores % PURGE_EVERY == 0:  # expired answers are never served: keep the table bounded
+                conn.execute(delete(cache_table).where(cache_table.c.ts < now - ttl_s))
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(calls_table)).scalar_one())
