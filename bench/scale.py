@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +45,12 @@ from bench.scale_parts.load import (  # noqa: E402
     POSTGRES,
     Cluster,
     Turn,
-    client,
-    converse,
+    budget_race,
     fresh_database,
+    kill_under_load,
     load,
     start_postgres,
 )
-from bench.scale_parts.replica import write_registry  # noqa: E402
 
 
 def throughput_row(turns: list[Turn], wall: float, latency_s: float, conversations: int, replicas: int,
@@ -100,81 +98,16 @@ async def figure1(pg_admin: str, run: Path, args: argparse.Namespace) -> list[di
     return rows
 
 
-def audit_counts(db_url: str, threads: list[str]) -> dict[str, Any]:
-    """From PostgreSQL: per conversation the recorded turns' questions, and duplicates."""
-    import psycopg
-
-    with psycopg.connect(db_url) as con:
-        questions: dict[str, list[str]] = {}
-        for thread, q in con.execute("SELECT thread_id, question FROM audit_turns WHERE thread_id = ANY(%s) "
-                                     "ORDER BY thread_id, turn_index", (threads,)):
-            questions.setdefault(thread, []).append(q)
-        dup_turns = con.execute("SELECT count(*) FROM (SELECT thread_id, turn_index FROM audit_turns "
-                                "GROUP BY 1, 2 HAVING count(*) > 1) d").fetchone()
-        dup_ledger = con.execute("SELECT count(*) FROM (SELECT call_id FROM ledger_calls GROUP BY 1 "
-                                 "HAVING count(*) > 1) d").fetchone()
-        ledger = con.execute("SELECT count(*) FROM ledger_calls WHERE thread_id = ANY(%s)", (threads,)).fetchone()
-        audited = con.execute("SELECT count(*) FROM audit_calls WHERE thread_id = ANY(%s) AND role <> 'shadow'",
-                              (threads,)).fetchone()
-    return {"questions": questions, "dup_turn_records": dup_turns[0] if dup_turns else 0,
-            "dup_ledger_rows": dup_ledger[0] if dup_ledger else 0, "ledger_rows": ledger[0] if ledger else 0,
-            "audited_calls": audited[0] if audited else 0}
-
-
 async def figure2(pg_admin: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
     db = fresh_database(pg_admin, "sb_scale_kill")
-    conversations, turns = args.kill_conversations, args.kill_turns
     with Cluster(2, run / "fig2", db, args.latency_ms) as cluster:
-        key = cluster.info["api_key"]
-        async with client(cluster.url, key, conversations) as http:
-            tasks = [asyncio.create_task(converse(http, f"kill-c{c}", turns)) for c in range(conversations)]
-            await asyncio.sleep(args.kill_after_s)
-            killed_at = time.perf_counter()
-            cluster.kill(1)
-            runs = await asyncio.gather(*tasks)
-            # every conversation's last turn may be the cut-off one: one more message finishes it
-            finals = await asyncio.gather(*(converse(http, f"kill-c{c}", 1, first=turns) for c in range(conversations)))
-            after = time.perf_counter() - killed_at
-    sent = [t for run in runs for t in run] + [t for run in finals for t in run]
-    counts = audit_counts(db, [f"kill-c{c}" for c in range(conversations)])
-    lost = duplicated = 0
-    for c in range(conversations):
-        asked = [t.question for t in sent if t.conversation == f"kill-c{c}"]
-        recorded = Counter(counts["questions"].get(f"kill-c{c}", []))
-        lost += sum(1 for q, n in Counter(asked).items() if recorded[q] < n)
-        duplicated += sum(max(0, recorded[q] - n) for q, n in Counter(asked).items())
-    tokens = {tok for t in sent for tok in t.expect if "-t" in tok}
-    return {
-        "conversations": conversations, "turns_asked": len(sent),
-        "requests_failed_by_kill": sum(1 for t in sent if t.status != 200),
-        "resent_never_stored": sum(t.attempts - 1 for t in sent),
-        "lost_turns": lost, "duplicated_turns": duplicated,
-        "dup_turn_records": counts["dup_turn_records"], "dup_ledger_rows": counts["dup_ledger_rows"],
-        "ledger_rows": counts["ledger_rows"], "audited_calls": counts["audited_calls"],
-        "crosstalk": sum(t.crosstalk(tokens) for t in sent),
-        "wrong_answers": sum(1 for t in sent if t.status == 200 and not t.ok),
-        "seconds_from_kill_to_last_answer": round(after, 1),
-    }
+        return await kill_under_load(cluster, db, args.kill_conversations, args.kill_turns, args.kill_after_s)
 
 
 async def figure3(pg_admin: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import psycopg
-
     db = fresh_database(pg_admin, "sb_scale_budget")
-    price = 1000.0  # USD per million tokens: a few tenths of a cent per call
-    budget = args.budget_usd
-    registry = write_registry(run / "fig3" / "priced-models.yaml", price_per_million=price)
-    env = {"SWITCHBOARD_MODELS_FILE": str(registry), "SWITCHBOARD_BUDGET_DAY_USD": str(budget)}
-    with Cluster(args.budget_replicas, run / "fig3", db, args.latency_ms, extra_env=env) as cluster:
-        turns, wall = await load(cluster.url, cluster.info["api_key"], args.budget_conversations, 3, "budget")
-    with psycopg.connect(db) as con:
-        spent, calls, biggest = con.execute(
-            "SELECT COALESCE(SUM(cost_usd), 0), count(*), COALESCE(MAX(cost_usd), 0) FROM ledger_calls").fetchone()
-    refused = sum(1 for t in turns if "budget" in t.answer)
-    return {"replicas": args.budget_replicas, "conversations": args.budget_conversations, "turns": len(turns),
-            "budget_usd": budget, "spent_usd": round(spent, 6), "calls": calls,
-            "largest_call_usd": round(biggest, 6), "overspend_usd": round(max(0.0, spent - budget), 6),
-            "turns_refused_for_budget": refused, "wall_s": round(wall, 1)}
+    return await budget_race(run / "fig3", db, args.budget_usd, args.budget_replicas, args.budget_conversations,
+                             args.latency_ms)
 
 
 def parse_args() -> argparse.Namespace:

@@ -398,5 +398,7 @@ def _reused_tasks(snapshot: Any) -> frozenset[str]:
 
 
 def _cut_off(snapshot: Any) -> bool:
-    """The last checkpoint still has nodes to run and none waits on a human: a crash cut it off."""
-    return bool(snapshot.next) and not snapshot.interrupts
+    """The last checkpoint's step did not close and nothing waits on a human: a crash cut it off.
+    A step whose nodes all finished (their writes saved) before the crash shows no ``next`` (the
+    head's state applies those writes) but still its ``tasks``: the nodes after it never ran."""
+    return bool(snapshot.next or snapshot.tasks) and not snapshot.interrupts

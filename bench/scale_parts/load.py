@@ -9,6 +9,7 @@ import secrets
 import shlex
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,3 +243,78 @@ async def history(url: str, key: str, conversation: str) -> list[dict[str, Any]]
         r = await http.get(f"/v1/threads/{conversation}", params={"limit": 500})
         r.raise_for_status()
         return list(r.json()["messages"])
+
+
+# --- failure and money ---------------------------------------------------------------------------
+def audit_counts(db_url: str, threads: list[str]) -> dict[str, Any]:
+    """From PostgreSQL: per conversation the recorded turns' questions, and duplicates."""
+    import psycopg
+
+    with psycopg.connect(db_url) as con:
+        questions: dict[str, list[str]] = {}
+        for thread, q in con.execute("SELECT thread_id, question FROM audit_turns WHERE thread_id = ANY(%s) "
+                                     "ORDER BY thread_id, turn_index", (threads,)):
+            questions.setdefault(thread, []).append(q)
+        dup_turns = con.execute("SELECT count(*) FROM (SELECT thread_id, turn_index FROM audit_turns "
+                                "GROUP BY 1, 2 HAVING count(*) > 1) d").fetchone()
+        dup_ledger = con.execute("SELECT count(*) FROM (SELECT call_id FROM ledger_calls GROUP BY 1 "
+                                 "HAVING count(*) > 1) d").fetchone()
+        ledger = con.execute("SELECT count(*) FROM ledger_calls WHERE thread_id = ANY(%s)", (threads,)).fetchone()
+        audited = con.execute("SELECT count(*) FROM audit_calls WHERE thread_id = ANY(%s) AND role <> 'shadow'",
+                              (threads,)).fetchone()
+    return {"questions": questions, "dup_turn_records": dup_turns[0] if dup_turns else 0,
+            "dup_ledger_rows": dup_ledger[0] if dup_ledger else 0, "ledger_rows": ledger[0] if ledger else 0,
+            "audited_calls": audited[0] if audited else 0}
+
+
+async def kill_under_load(cluster: Cluster, db_url: str, conversations: int, turns: int,
+                          kill_after_s: float) -> dict[str, Any]:
+    """Conversations on a 2-replica cluster; replica 1 is SIGKILLed ``kill_after_s`` in. Then one
+    more message per conversation (its last turn may be the cut-off one) and the reckoning."""
+    async with client(cluster.url, cluster.info["api_key"], conversations) as http:
+        tasks = [asyncio.create_task(converse(http, f"kill-c{c}", turns)) for c in range(conversations)]
+        await asyncio.sleep(kill_after_s)
+        killed_at = time.perf_counter()
+        cluster.kill(1)
+        runs = await asyncio.gather(*tasks)
+        finals = await asyncio.gather(*(converse(http, f"kill-c{c}", 1, first=turns) for c in range(conversations)))
+        after = time.perf_counter() - killed_at
+    sent = [t for run in runs for t in run] + [t for run in finals for t in run]
+    counts = audit_counts(db_url, [f"kill-c{c}" for c in range(conversations)])
+    lost = duplicated = 0
+    for c in range(conversations):
+        asked = Counter(t.question for t in sent if t.conversation == f"kill-c{c}")
+        recorded = Counter(counts["questions"].get(f"kill-c{c}", []))
+        lost += sum(1 for q, n in asked.items() if recorded[q] < n)
+        duplicated += sum(max(0, recorded[q] - n) for q, n in asked.items())
+    tokens = {tok for t in sent for tok in t.expect if "-t" in tok}
+    return {
+        "conversations": conversations, "turns_asked": len(sent),
+        "requests_failed_by_kill": sum(1 for t in sent if t.status != 200),
+        "resent_never_stored": sum(t.attempts - 1 for t in sent),
+        "lost_turns": lost, "duplicated_turns": duplicated,
+        "dup_turn_records": counts["dup_turn_records"], "dup_ledger_rows": counts["dup_ledger_rows"],
+        "ledger_rows": counts["ledger_rows"], "audited_calls": counts["audited_calls"],
+        "crosstalk": sum(t.crosstalk(tokens) for t in sent),
+        "wrong_answers": sum(1 for t in sent if t.status == 200 and not t.ok),
+        "seconds_from_kill_to_last_answer": round(after, 1),
+    }
+
+
+async def budget_race(run: Path, db_url: str, budget_usd: float, replicas: int, conversations: int,
+                      latency_ms: float) -> dict[str, Any]:
+    """Replicas serving conversations against one small daily budget, with a priced fake model."""
+    import psycopg
+
+    registry = write_registry(run / "priced-models.yaml", price_per_million=10.0)  # about half a cent a call
+    env = {"SWITCHBOARD_MODELS_FILE": str(registry), "SWITCHBOARD_BUDGET_DAY_USD": str(budget_usd)}
+    with Cluster(replicas, run, db_url, latency_ms, extra_env=env) as cluster:
+        turns, wall = await load(cluster.url, cluster.info["api_key"], conversations, 3, "budget")
+    with psycopg.connect(db_url) as con:
+        row = con.execute("SELECT COALESCE(SUM(cost_usd), 0), count(*), COALESCE(MAX(cost_usd), 0) "
+                          "FROM ledger_calls").fetchone()
+    spent, calls, biggest = row if row else (0.0, 0, 0.0)
+    return {"replicas": replicas, "conversations": conversations, "turns": len(turns), "budget_usd": budget_usd,
+            "spent_usd": round(spent, 6), "calls": calls, "largest_call_usd": round(biggest, 6),
+            "overspend_usd": round(max(0.0, spent - budget_usd), 6),
+            "turns_refused_for_budget": sum(1 for t in turns if "budget" in t.answer), "wall_s": round(wall, 1)}

@@ -5,7 +5,9 @@ process kill is tests/integration/test_kill_and_resume.py."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
+import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from graphs.support import build_support_graph
@@ -124,3 +126,48 @@ async def test_a_door_that_showed_the_failure_closes_the_turn_through_the_same_g
         board2.services.audit.count_recovery_attempt("door2", checkpoint)
     result, closed = await RecoveryGuard(board2.graph, board2.services).finish(snapshot, "door2", door_retry)
     assert runs == [1] and "stopped part-way again" in closed
+
+
+class DiesBeforeRemember(InMemorySaver):
+    """A checkpointer in a process that dies right after ``synthesize`` finished: that node's
+    writes are saved (pending writes), the checkpoint that schedules ``remember`` is not. Found by
+    the cluster test (tests/integration/test_cluster.py), where a replica was killed in that window.
+    LangGraph saves checkpoints in the background while the next step runs, so the test also holds
+    ``remember`` back (its audit write waits) until the failed save has ended the run."""
+
+    armed = True
+
+    async def aput(self, config, checkpoint, metadata, new_versions):  # noqa: ANN001 - LangGraph's signature
+        if self.armed and "branch:to:remember" in checkpoint["channel_versions"]:
+            self.armed = False
+            raise ConnectionError("the process is gone")
+        return await super().aput(config, checkpoint, metadata, new_versions)
+
+
+async def test_a_turn_cut_off_after_a_step_finished_is_not_taken_for_done(make_settings, monkeypatch):
+    services, _ = scripted_services(make_settings(cache_ttl_s=0))
+    saver = DiesBeforeRemember()
+    board = Switchboard(build_support_graph(services=services, checkpointer=saver), services)
+    record_turn, released = services.audit.record_turn, threading.Event()
+
+    def held_back(record):  # noqa: ANN001
+        if saver.armed or not released.is_set():
+            released.wait(2)  # LangGraph lets a running node end before the failed save ends the run
+            raise RuntimeError("never written: the process was gone")
+        return record_turn(record)
+
+    monkeypatch.setattr(services.audit, "record_turn", held_back)
+    with pytest.raises(ConnectionError):
+        await board.ask("How many customers do we have?", thread_id="late")
+    released.set()
+    head = await board.graph.aget_state({"configurable": {"thread_id": "late"}})
+    assert not saver.armed and head.next == () and head.tasks  # looks answered, but remember never ran
+    assert board.services.audit.turns(thread="late") == []
+    assert await board.unfinished("late")
+
+    new = await board.ask("Hello!", thread_id="late")
+    assert new.answer == "Hello! How can I help?"
+    state = await board.graph.aget_state({"configurable": {"thread_id": "late"}})
+    texts = [str(m.content) for m in state.values["messages"]]
+    assert texts == ["How many customers do we have?", "We have 59 customers.", "Hello!", "Hello! How can I help?"]
+    assert [t["turn_id"] for t in board.services.audit.turns(thread="late")] == ["late:0", "late:1"]

@@ -179,7 +179,7 @@ class Ledger:
     # --- the record ----------------------------------------------------------------------------
     def record(self, entry: LedgerEntry, thread_id: str | None, reservation: Reservation | None = None) -> None:
         """One call's row, and its cost in the running spends (its reservation settled), atomically.
-        Recording a call id twice (a retried write) changes nothing."""
+        Recording a call id twice (a retried write that had in fact committed) changes nothing."""
         now = time.time()
         day = day_of(now)
         row = {"call_id": entry.call_id, "ts": now, "day": day, "thread_id": thread_id,
@@ -189,13 +189,11 @@ class Ledger:
                "note": entry.note}
         dialect = sqlite if self._sqlite else postgresql
         with self.engine.begin() as conn:
-            inserted = conn.execute(dialect.insert(calls_table).values(**row)
-                                    .on_conflict_do_nothing(index_elements=["call_id"])).rowcount
-            if not inserted:
+            inserted = conn.execute(dialect.insert(calls_table).values(**row)  # (psycopg's rowcount is -1 here)
+                                    .on_conflict_do_nothing(index_elements=["call_id"])
+                                    .returning(calls_table.c.id)).first()
+            if inserted is None:  # its first record settled the reservation already
                 log.info("ledger: call %s is already recorded", entry.call_id)
-                if reservation is not None:
-                    for scope, key in reservation.scopes:
-                        self._upsert_spend(conn, scope, key, -reservation.usd, now)
                 return
             if reservation is not None:  # the estimate becomes the cost
                 for scope, key in reservation.scopes:
