@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,14 +73,31 @@ def _config(thread_id: str) -> dict[str, Any]:
     return {"configurable": {"thread_id": thread_id}}
 
 
+OWNER_CACHE = 10_000  # owners remembered per process (least recently used go first)
+
+
 class Access:
     """The checks every door makes before it touches a thread (owners kept in ``audit``)."""
 
     def __init__(self, audit: Any) -> None:
         self.audit = audit
+        # an owner record never changes once written (claiming is one INSERT), so a known owner is
+        # remembered: a turn checks access at several doors' steps, and each check was a query
+        self._owners: OrderedDict[str, str] = OrderedDict()
 
     async def owner(self, thread_id: str) -> str | None:
-        return await asyncio.to_thread(self.audit.thread_owner, thread_id)
+        if (known := self._owners.get(thread_id)) is not None:
+            self._owners.move_to_end(thread_id)
+            return known
+        owner = await asyncio.to_thread(self.audit.thread_owner, thread_id)
+        if owner is not None:
+            self._remember(thread_id, owner)
+        return owner
+
+    def _remember(self, thread_id: str, owner: str) -> None:
+        self._owners[thread_id] = owner
+        if len(self._owners) > OWNER_CACHE:
+            self._owners.popitem(last=False)
 
     async def _owner_or_claim(self, graph: Any, thread_id: str, p: Principal, *, create: bool) -> str:
         """The thread's owner; an unowned one is claimed by ``p`` when it is new and ``create``,
@@ -90,7 +108,9 @@ class Access:
         exists = bool((await graph.aget_state(_config(thread_id))).values)
         if (exists and not p.may_claim_legacy) or (not exists and not create):
             raise ThreadNotFound(thread_id)
-        return await asyncio.to_thread(self.audit.claim_thread, thread_id, p.name, p.door)
+        claimed: str = await asyncio.to_thread(self.audit.claim_thread, thread_id, p.name, p.door)
+        self._remember(thread_id, claimed)
+        return claimed
 
     async def check_turn(self, graph: Any, thread_id: str, p: Principal) -> None:
         """Ask on, resume as owner, or recover a thread: only its owner (a new id becomes theirs)."""

@@ -25,7 +25,7 @@ from graphs.state import Context, SupportState, turn_policy
 from graphs.support import SPECIALISTS, build_support_graph, turn_input
 from graphs.synthesis import compose, remember
 from switchboard import lifecycle
-from switchboard.access import Access, Principal, ReviewForbidden, ThreadNotFound
+from switchboard.access import Principal, ReviewForbidden, ThreadNotFound
 from switchboard.lifecycle import RUNTIME_UNAVAILABLE, TurnResult, report_subtasks
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
@@ -64,7 +64,7 @@ class Switchboard:
         self.graph = graph
         self.services = services
         self.principal = principal or Principal.local(services.settings)
-        self.access = Access(services.audit)
+        self.access = services.access
         services.run_setup_hook()
 
     @classmethod

@@ -24,9 +24,10 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
         from psycopg.rows import dict_row
         from psycopg_pool import AsyncConnectionPool
 
-        async with AsyncConnectionPool[AsyncConnection[dict[str, Any]]](url, min_size=1, max_size=settings.checkpoint_pool_size, open=False,
-                                       kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-                                       check=AsyncConnectionPool.check_connection) as pool:
+        # no check on checkout (a round trip per use): a connection that broke is dropped when returned
+        kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+        async with AsyncConnectionPool[AsyncConnection[dict[str, Any]]](
+                url, min_size=1, max_size=settings.checkpoint_pool_size, open=False, kwargs=kwargs) as pool:
             pg_saver = AsyncPostgresSaver(pool)
             await pg_saver.setup()
             yield pg_saver

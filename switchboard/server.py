@@ -912,14 +912,7 @@ def create_app(
         headers = {CONVERSATION_HEADER: turn.conversation}
         log.info("turn %s conversation=%s policy=%s image=%s stream=%s principal=%s", turn.completion_id,
                  turn.conversation, turn.policy, turn.turn.image is not None, turn.stream, caller.name)
-        try:  # another principal's conversation is "not found": nothing of it is read or continued
-            await board.access.check_turn(board.graph, turn.conversation, caller)
-            pending = await board.pending_reviews(turn.conversation, principal=caller)
-        except ThreadNotFound as exc:
-            raise not_found(turn.conversation) from exc
-        if pending:
-            raise review_pending_error(ReviewPending(turn.conversation, pending))
-        if not turn.stream:
+        if not turn.stream:  # Switchboard.stream checks access and a pending review itself
             try:
                 result = await run_turn(board, turn.turn, turn.conversation, turn.policy, caller)
             except ReviewPending as exc:  # paused by a concurrent request after the check above
@@ -934,6 +927,13 @@ def create_app(
             if result.error:  # no model could run (the local runtime failed its self-check): say why
                 raise APIError(503, result.error, type="server_error", code=RUNTIME_UNAVAILABLE, headers=headers)
             return JSONResponse(completion_body(result, turn.completion_id, turn.model), headers=headers)
+        try:  # before the response starts: another principal's conversation is "not found", a paused one a 409
+            await board.access.check_turn(board.graph, turn.conversation, caller)
+            pending = await board.pending_reviews(turn.conversation, principal=caller)
+        except ThreadNotFound as exc:
+            raise not_found(turn.conversation) from exc
+        if pending:
+            raise review_pending_error(ReviewPending(turn.conversation, pending))
         # the turn runs inside the response: a client that disconnects cancels its model calls, and
         # the turn is closed with what its finished parts found (Switchboard.stop)
         events = turn_events(board, turn.turn, turn.conversation, turn.policy, caller)

@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, cast
 
 from agents.deps import AgentConfig
+from switchboard.access import Access
 from switchboard.settings import Settings
 from switchboard.turn_locks import TurnLocks, turn_locks_for
 from tools.models.gateway import GatewayConfig, ModelGateway
@@ -183,6 +184,11 @@ class Services:
 
         return GraphConfig(default_policy=self.settings.routing_policy,
                            summary_max_chars=self.settings.summary_max_chars)
+
+    @cached_property
+    def access(self) -> Access:
+        """Who owns which conversation (one per process: it remembers owners it has looked up)."""
+        return Access(self.audit)
 
     @cached_property
     def turn_locks(self) -> TurnLocks:
