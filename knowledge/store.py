@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +54,12 @@ MAX_LEXICAL_CHUNKS = 200_000
 LEXICAL_MAX_AGE_S = 300.0
 """Another process (an ingest, a replica) may change a shared collection without changing its size:
 the BM25 index is rebuilt at least this often, besides whenever the chunk count changes."""
+COUNT_MAX_AGE_S = 5.0
+"""How long a search trusts the chunk count it last read, and a hybrid ranking it just made (a
+turn searches its question twice: triage's help-center check, then the help-center agent). This
+store's own writes drop both at once; another process's ingest is seen within this long."""
+RANKINGS_KEPT = 64
+"""Recent hybrid rankings kept (see :data:`COUNT_MAX_AGE_S`)."""
 DEFAULT_COLLECTION = "helpcenter"
 _GET_PAGE = 1000
 
@@ -85,6 +92,17 @@ class _LexicalIndex:
     ids: list[str]
     bm25: BM25
     built: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """A hybrid search's fused hits, valid while the store has not written, the BM25 index is the
+    same and it is at most :data:`COUNT_MAX_AGE_S` old."""
+
+    hits: list[Hit]
+    writes: int
+    lexical: _LexicalIndex
+    made: float  # time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -189,6 +207,10 @@ class KnowledgeStore:
         self.lexical_weight = lexical_weight  # 0: dense search only
         self._lexical: _LexicalIndex | None = None
         self._lexical_lock = threading.Lock()
+        self._count: tuple[int, float] | None = None  # (chunks, time.monotonic() read), see _search_count
+        self._writes = 0  # this store's writes so far: a count read across one is not kept
+        self._rankings: OrderedDict[tuple[str, int, float], _Ranking] = OrderedDict()  # LRU, see _hybrid
+        self._rankings_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -211,6 +233,24 @@ class KnowledgeStore:
     def count(self) -> int:
         """Number of chunks in the collection."""
         return self.collection.count()
+
+    def _search_count(self) -> int:
+        """:meth:`count` for a search: read at most every :data:`COUNT_MAX_AGE_S` (a round trip
+        to Chroma each search otherwise), and again after this store writes."""
+        cached = self._count
+        if cached is not None and time.monotonic() - cached[1] <= COUNT_MAX_AGE_S:
+            return cached[0]
+        writes = self._writes
+        total = self.count()
+        if writes == self._writes:
+            self._count = (total, time.monotonic())
+        return total
+
+    def _wrote(self) -> None:
+        """This store changed the collection: the next search reads the count and BM25 afresh."""
+        self._writes += 1
+        self._count = None
+        self._lexical = None
 
     def _pages(self, include: Include, where: dict[str, Any] | None = None) -> Iterator[tuple[str, str, Any]]:
         """(id, document, metadata) of every chunk matching ``where``, read :data:`_GET_PAGE` at a time."""
@@ -286,7 +326,7 @@ class KnowledgeStore:
                 metadatas=[metadatas[i] for i in sel],
                 embeddings=[embeddings[i] for i in sel],
             )
-        self._lexical = None
+        self._wrote()
         return len(chunks)
 
     def delete_source(self, source: str) -> int:
@@ -294,7 +334,7 @@ class KnowledgeStore:
         ids = self.chunk_ids(source)
         if ids:
             self.collection.delete(ids=ids)
-            self._lexical = None
+            self._wrote()
         return len(ids)
 
     def search(
@@ -312,7 +352,7 @@ class KnowledgeStore:
         """
         if not query.strip() or k <= 0:
             return []
-        total = self.count()
+        total = self._search_count()
         if total == 0:
             return []
         n = min(k * PER_SOURCE_DEPTH if per_source else k, total)
@@ -326,6 +366,22 @@ class KnowledgeStore:
 
     def _hybrid(self, query: str, vector: np.ndarray, n: int, total: int, lexical: _LexicalIndex) -> list[Hit]:
         depth = min(total, max(n, HYBRID_DEPTH))
+        key, writes = (query, depth, self.lexical_weight), self._writes
+        with self._rankings_lock:
+            kept = self._rankings.get(key)
+        if (kept is not None and kept.writes == writes and kept.lexical is lexical
+                and time.monotonic() - kept.made <= COUNT_MAX_AGE_S):
+            return kept.hits[:n]
+        fused = self._fuse(query, vector, depth, lexical)
+        with self._rankings_lock:
+            self._rankings[key] = _Ranking(fused, writes, lexical, time.monotonic())
+            self._rankings.move_to_end(key)
+            if len(self._rankings) > RANKINGS_KEPT:
+                self._rankings.popitem(last=False)
+        return fused[:n]
+
+    def _fuse(self, query: str, vector: np.ndarray, depth: int, lexical: _LexicalIndex) -> list[Hit]:
+        """The ``depth`` best chunks by MiniLM cosine and by BM25, ranked by their fused relevance."""
         dense = {chunk_id(h.source, h.chunk): h for h in self._query(vector, depth, None)}
         idx, scores = lexical.bm25.top(query, depth)
         by_lexical = {lexical.ids[i]: float(s) for i, s in zip(idx.tolist(), scores.tolist(), strict=True)}
@@ -340,7 +396,7 @@ class KnowledgeStore:
         fused = [replace(h, relevance=round(fuse(h.score, by_lexical.get(cid, 0.0), best, self.lexical_weight), 4))
                  for cid, h in dense.items()]
         fused.sort(key=lambda h: (-h.relevance, -h.score, h.source, h.chunk))
-        return fused[:n]
+        return fused
 
     def _lexical_index(self, total: int) -> _LexicalIndex | None:
         """The BM25 index, rebuilt when the chunk count changed, this store wrote, or it is

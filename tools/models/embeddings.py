@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import metadata
@@ -22,6 +23,10 @@ MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
 TOKENIZER = Path(__file__).parent / "assets" / "all-MiniLM-L6-v2" / "tokenizer.json"
 MAX_TOKENS = 256
 DIM = 384
+MEMO_ROWS = 4096
+"""Vectors (~1.5 KB each) the embedder keeps for inputs it has just embedded, see ``MiniLMEmbedder.embed``."""
+MEMO_MAX_BATCH = 64
+"""A call with more texts than this (an ingest) is embedded without the memo: it is not asked again."""
 
 
 class ModelIntegrityError(RuntimeError):
@@ -66,6 +71,11 @@ class MiniLMEmbedder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # ONNX Runtime's pool threads busy-wait for the next run by default; between a turn's
+        # single-text embeddings that spinning burns a core and starves the threads the turn
+        # waits on (SQLite checkpointer, audit write, Chroma). Idle threads sleep instead.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             str(onnx_model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
         )
@@ -75,10 +85,43 @@ class MiniLMEmbedder:
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._lock = threading.Lock()
         self.batch_size = batch_size
+        self._memo: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()  # LRU, at most MEMO_ROWS rows
+        self._memo_rows = 0
+        self._memo_lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """One vector per text.
+
+        A turn embeds the same inputs several times (the question for triage, the help-center
+        check, the search and the lead sentence; the sentences of a passage retrieved again), so
+        recent calls are memoised by their exact list of texts. Keyed by the whole list, not per
+        text, so a hit is exactly what the model returned for that very call, whatever padding
+        and batching do to a text's vector."""
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
+        key = tuple(texts)
+        if len(key) <= MEMO_MAX_BATCH:
+            with self._memo_lock:
+                hit = self._memo.get(key)
+                if hit is not None:
+                    self._memo.move_to_end(key)
+                    return hit.copy()
+        vectors = self._embed(key)
+        if len(key) <= MEMO_MAX_BATCH:
+            self._remember(key, vectors)
+        return vectors
+
+    def _remember(self, key: tuple[str, ...], vectors: np.ndarray) -> None:
+        with self._memo_lock:
+            if key in self._memo:  # another thread embedded the same texts meanwhile
+                return
+            self._memo[key] = vectors.copy()
+            self._memo_rows += len(key)
+            while self._memo_rows > MEMO_ROWS:
+                old, _ = self._memo.popitem(last=False)
+                self._memo_rows -= len(old)
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
         out = []
         for start in range(0, len(texts), self.batch_size):
             out.append(self._embed_batch(list(texts[start : start + self.batch_size])))

@@ -26,13 +26,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlglot
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import QueuePool
 from sqlglot import exp
 
-from tools.sql.guard import is_denied_function
+from tools.sql.guard import is_denied_function, parse_one
 
 __all__ = [
     "AuthorizerFn",
@@ -185,7 +184,7 @@ def align_identifier_case(sql: str, dialect: str, canonical: Mapping[str, str]) 
     schema name, aliases included, keeps references consistent and lets the same model SQL run
     on SQLite and PostgreSQL.
     """
-    tree = sqlglot.parse_one(sql, read=dialect)
+    tree = parse_one(sql, dialect)  # memoised: the guard has just parsed this very SQL
     for ident in tree.find_all(exp.Identifier):
         exact = canonical.get(ident.name.lower())
         if not ident.quoted and exact is not None and exact != exact.lower():

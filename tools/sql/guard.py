@@ -17,6 +17,7 @@ hand them back to the model *before* spending a database round-trip on a doomed 
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,7 @@ from typing import cast
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import SqlglotError
+from sqlglot.errors import ParseError, SqlglotError
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "check_read_only",
     "double_quoted_values_as_strings",
     "is_denied_function",
+    "parse_one",
+    "parse_statements",
     "referenced_tables",
     "validate_identifiers",
 ]
@@ -178,10 +181,36 @@ def _refuse(reason: str, sql: str, *, malformed: bool = False) -> UnsafeSQL:
     return UnsafeSQL(reason, sql, malformed=malformed)
 
 
+PARSE_MEMO_SIZE = 256
+"""Distinct (SQL, dialect) pairs whose parse is kept; see :func:`parse_statements`."""
+
+
+@functools.lru_cache(maxsize=PARSE_MEMO_SIZE)
+def _parsed(sql: str, dialect: str) -> tuple[exp.Expr | None, ...]:
+    return tuple(sqlglot.parse(sql, read=dialect))  # an error is raised again on every call, never kept
+
+
+def parse_statements(sql: str, dialect: str) -> list[exp.Expr | None]:
+    """``sqlglot.parse(sql, read=dialect)``, from a small memo of recent queries.
+
+    One query is parsed by the guard, by the name check, by the double-quote rewrite, by the
+    sensitive-column check and again before it runs; parsing is most of their cost. Every call
+    gets its own copy of the trees, since some callers rewrite them. Raises ``SqlglotError``."""
+    return [None if s is None else s.copy() for s in _parsed(sql, dialect)]
+
+
+def parse_one(sql: str, dialect: str) -> exp.Expr:
+    """``sqlglot.parse_one(sql, read=dialect)`` through :func:`parse_statements`' memo."""
+    statements = parse_statements(sql, dialect)
+    if not statements or statements[0] is None:
+        raise ParseError(f"No expression was parsed from '{sql}'")
+    return exp.Block(expressions=statements) if len(statements) > 1 else statements[0]
+
+
 def _parse(sql: str, dialect: str) -> list[exp.Expression]:
     """Parse into statements, dropping the empty ones a trailing ``;`` produces."""
     try:
-        statements = sqlglot.parse(sql, read=dialect)
+        statements = parse_statements(sql, dialect)
     except SqlglotError as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise _refuse(f"could not parse the SQL ({first_line})", sql, malformed=True) from exc
@@ -276,7 +305,12 @@ def check_read_only(sql: str, dialect: str = "sqlite") -> str:
     from :data:`DENIED_FUNCTIONS`. The regenerated SQL is parsed and checked a second time, so
     a sqlglot round-trip quirk cannot turn a checked query into an unchecked one.
     """
-    tree = _check_one(sql, dialect)
+    return _read_only(sql, dialect)
+
+
+@functools.lru_cache(maxsize=PARSE_MEMO_SIZE)  # the agent checks a query, then the database again before it runs
+def _read_only(sql: str, dialect: str) -> str:
+    tree = _check_one(sql, dialect)  # a refusal raises (and is logged) on every call: it is never kept
     normalised = tree.sql(dialect=dialect, comments=False)
     _check_one(normalised, dialect)
     return normalised

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
-from tools.sql.guard import lookup_source
+from tools.sql.guard import lookup_source, parse_one
 
 
 def sensitive_columns(configured: Iterable[str], db: Any, from_profile: bool = True) -> list[str]:
@@ -64,7 +63,7 @@ def sensitive_reads(sql: str, column_map: Mapping[str, Iterable[str]], sensitive
         return []
     every = sorted(label for cols in marked.values() for label in cols.values())
     try:
-        tree = sqlglot.parse_one(sql, read=dialect)
+        tree = parse_one(sql, dialect)
     except SqlglotError:
         return every
     lowered = {t.lower(): {c.lower() for c in cols} for t, cols in column_map.items()}
