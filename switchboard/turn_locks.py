@@ -73,6 +73,22 @@ class _LocalQueue:
         return lock
 
 
+@asynccontextmanager
+async def _queued(queue: _LocalQueue, thread_id: str, wait_s: float) -> AsyncIterator[float]:
+    """This process's turn of the conversation, waited for at most ``wait_s``; yields when the
+    wait started (the cross-process lock's wait counts from there too)."""
+    started = time.monotonic()
+    local = queue.get(thread_id)
+    try:
+        await asyncio.wait_for(local.acquire(), wait_s)
+    except TimeoutError as exc:
+        raise ConversationBusy(thread_id, time.monotonic() - started) from exc
+    try:
+        yield started
+    finally:
+        local.release()
+
+
 async def _poll(try_once: Any, thread_id: str, deadline: float, started: float) -> None:
     """Call ``try_once()`` (True when taken) with backoff until the deadline."""
     pause = POLL_START_S
@@ -94,30 +110,21 @@ class FileTurnLocks:
 
     @asynccontextmanager
     async def hold(self, thread_id: str) -> AsyncIterator[None]:
-        started = time.monotonic()
-        local = self._local.get(thread_id)
-        try:
-            await asyncio.wait_for(local.acquire(), self.wait_s)
-        except TimeoutError as exc:
-            raise ConversationBusy(thread_id, time.monotonic() - started) from exc
-        fd = -1
-        try:
+        async with _queued(self._local, thread_id, self.wait_s) as started:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self._path(thread_id), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                async def try_once() -> bool:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        return True
+                    except BlockingIOError:
+                        return False
 
-            async def try_once() -> bool:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True
-                except BlockingIOError:
-                    return False
-
-            await _poll(try_once, thread_id, started + self.wait_s, started)
-            yield
-        finally:
-            if fd >= 0:
+                await _poll(try_once, thread_id, started + self.wait_s, started)
+                yield
+            finally:
                 os.close(fd)  # closing the descriptor releases the flock
-            local.release()
 
     async def aclose(self) -> None:
         return None
@@ -157,30 +164,20 @@ class PostgresTurnLocks:
 
     @asynccontextmanager
     async def hold(self, thread_id: str) -> AsyncIterator[None]:
-        started = time.monotonic()
-        local = self._local.get(thread_id)
-        try:
-            await asyncio.wait_for(local.acquire(), self.wait_s)
-        except TimeoutError as exc:
-            raise ConversationBusy(thread_id, time.monotonic() - started) from exc
         key = lock_key(thread_id)
-        taken = False
-        try:
+        async with _queued(self._local, thread_id, self.wait_s) as started:
             async def try_once() -> bool:
                 return await self._execute("SELECT pg_try_advisory_lock(%s)", key)
 
             await _poll(try_once, thread_id, started + self.wait_s, started)
-            taken = True
-            yield
-        finally:
             try:
-                if taken:
-                    await asyncio.shield(self._execute("SELECT pg_advisory_unlock(%s)", key))
-            except Exception:  # noqa: BLE001 - a lost connection released it already
-                log.warning("could not release the turn lock of %s (connection lost: released by PostgreSQL)",
-                            thread_id, exc_info=True)
+                yield
             finally:
-                local.release()
+                try:
+                    await asyncio.shield(self._execute("SELECT pg_advisory_unlock(%s)", key))
+                except Exception:  # noqa: BLE001 - a lost connection released it already
+                    log.warning("could not release the turn lock of %s (connection lost: released by "
+                                "PostgreSQL)", thread_id, exc_info=True)
 
     async def aclose(self) -> None:
         if self._conn is not None and not self._conn.closed:

@@ -32,7 +32,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     delete,
     func,
     select,
@@ -41,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tools.models.values import LedgerEntry
+from tools.state_db import open_state_engine, state_url
 
 log = logging.getLogger("switchboard.ledger")
 
@@ -77,11 +77,7 @@ def day_of(ts: float) -> str:
 
 def ledger_url(checkpoint_url: str, data_dir: Path) -> str:
     """PostgreSQL when the checkpointer is (the same database); else ``ledger.sqlite`` in the data dir."""
-    url = checkpoint_url.strip()
-    if url.startswith(("postgres://", "postgresql://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{data_dir / 'ledger.sqlite'}"
+    return state_url(checkpoint_url, data_dir, "ledger.sqlite")
 
 
 @dataclass(frozen=True)
@@ -115,23 +111,8 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self._sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
-        if self._sqlite:
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        else:
-            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
-        self.engine = create_engine(url, **kwargs)
-        if self._sqlite:
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        metadata.create_all(self.engine)
+        self.engine = open_state_engine(url, metadata)
         self._stores = 0
-
-    @classmethod
-    def at(cls, path: Path) -> Ledger:
-        """A SQLite ledger in a file (tests, benchmarks)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{path}")
 
     def _upsert_spend(self, conn: Connection, scope: str, key: str, delta: float, now: float) -> None:
         dialect = sqlite if self._sqlite else postgresql

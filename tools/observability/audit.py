@@ -37,7 +37,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     insert,
     select,
     update,
@@ -46,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tools.observability.records import ledger_cost
 from tools.observability.stats import percentile
+from tools.state_db import open_state_engine, state_url
 
 log = logging.getLogger("switchboard.audit")
 
@@ -133,11 +133,7 @@ def _redact(text: str) -> str:
 def audit_url(checkpoint_url: str, data_dir: Path) -> str:
     """The same database as the checkpointer: PostgreSQL when ``checkpoint_url`` names one,
     else SQLite in ``data_dir``."""
-    url = checkpoint_url.strip()
-    if url.startswith(("postgres://", "postgresql://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{data_dir / 'audit.sqlite'}"
+    return state_url(checkpoint_url, data_dir, "audit.sqlite")
 
 
 def turn_id_for(thread_id: str, turn_index: int) -> str:
@@ -245,17 +241,8 @@ class AuditTrail:
     """Writes and queries the audit tables (SQLAlchemy: SQLite or PostgreSQL)."""
 
     def __init__(self, url: str) -> None:
-        kwargs: dict[str, Any] = {"future": True}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        else:
-            kwargs["pool_pre_ping"] = True
         self.url = url
-        self.engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        metadata.create_all(self.engine)
+        self.engine = open_state_engine(url, metadata)
         self._lock = threading.Lock()
 
     # --- writing -----------------------------------------------------------------------------

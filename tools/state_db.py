@@ -1,0 +1,35 @@
+"""The database a process shares with its replicas (audit trail, ledger): SQLAlchemy on PostgreSQL
+when the checkpointer is there, else a SQLite file of its own in the data dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine
+
+
+def state_url(checkpoint_url: str, data_dir: Path, sqlite_file: str) -> str:
+    """The checkpointer's PostgreSQL database (psycopg driver) when ``checkpoint_url`` names one,
+    else ``sqlite_file`` in ``data_dir``."""
+    url = checkpoint_url.strip()
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / sqlite_file}"
+
+
+def open_state_engine(url: str, metadata: MetaData) -> Engine:
+    """An engine with ``metadata``'s tables created: SQLite in WAL mode (readers never wait for the
+    writer), PostgreSQL with connections checked before use (a restarted server)."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        with engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    metadata.create_all(engine)
+    return engine
