@@ -57,6 +57,8 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -806,6 +808,23 @@ def _ping_store(board: Switchboard) -> None:
 INSECURE_ENV = "SWITCHBOARD_SERVE_INSECURE_NO_AUTH"
 
 
+DRAINING = threading.Event()  # set on SIGTERM: readiness says 503 while in-flight turns finish
+
+
+def _drain_on_sigterm() -> None:
+    """Chain a SIGTERM handler that sets :data:`DRAINING` before uvicorn's own, which closes the
+    listener and waits for in-flight requests. Called while uvicorn builds the app, after it
+    installed its handlers (it puts its saved ones back at exit)."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        DRAINING.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def app_from_env() -> FastAPI:
     """The app of one worker process of ``switchboard serve`` (uvicorn's factory): everything
     comes from the environment, which the workers inherit from the command."""
@@ -814,6 +833,8 @@ def app_from_env() -> FastAPI:
     logging.basicConfig(level=os.environ.get("SWITCHBOARD_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     install_log_redaction()  # each worker is a fresh process: no e-mail, phone or key reaches its log
+    if threading.current_thread() is threading.main_thread():
+        _drain_on_sigterm()
     return create_app(Settings(), insecure_no_auth=os.environ.get(INSECURE_ENV) == "1")
 
 
@@ -875,11 +896,12 @@ def create_app(
 
     @app.get("/readyz", response_model=None)
     async def readyz() -> dict[str, str] | JSONResponse:
-        """Readiness, for a load balancer's health check: the app is open and its conversation
-        store answers within ``READY_TIMEOUT_S``. (On SIGTERM the server stops accepting
-        connections at once, so a balancer's next check fails and the replica leaves rotation while
-        its in-flight turns finish.)"""
+        """Readiness, for a load balancer's health check: the app is open, not draining, and its
+        conversation store answers within ``READY_TIMEOUT_S``. From SIGTERM on it is 503 (and the
+        listener closes), so the replica leaves rotation while its in-flight turns finish."""
         board: Switchboard | None = getattr(app.state, "board", None)
+        if DRAINING.is_set():
+            return JSONResponse({"status": "draining"}, status_code=503)
         if board is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:

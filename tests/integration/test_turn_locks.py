@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine
 
+from switchboard import server
 from switchboard.server import create_app
 from switchboard.turn_locks import ConversationBusy, FileTurnLocks, lock_key
 from tests.stacks import KEY, scripted_board, serve_in_thread
@@ -121,7 +122,13 @@ def test_readyz_says_ready_and_503_when_the_store_does_not_answer(make_settings,
     board, _, _ = scripted_board(settings)
     with serve_in_thread(create_app(settings, board, api_keys=[KEY])) as url:
         ready = httpx.get(f"{url}/readyz", timeout=10)
+        server.DRAINING.set()  # what SIGTERM does in a `switchboard serve` process
+        try:
+            draining = httpx.get(f"{url}/readyz", timeout=10)
+        finally:
+            server.DRAINING.clear()
         board.services.audit.engine = create_engine(f"sqlite:///{tmp_path / 'missing' / 'audit.sqlite'}")
         broken = httpx.get(f"{url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    assert draining.status_code == 503 and draining.json() == {"status": "draining"}
     assert broken.status_code == 503 and broken.json()["status"] == "unavailable"
