@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not PG_URL, reason="SWITCHBOARD_PG_URL is not se
 
 
 async def test_conversation_survives_restart_on_postgres(make_settings):
-    settings = make_settings(checkpoint_url=PG_URL)
+    # no response cache: with a PostgreSQL checkpointer it lives in that database, shared by every run
+    settings = make_settings(checkpoint_url=PG_URL, cache_ttl_s=0)
     thread = f"pg-{uuid.uuid4().hex}"
     services, _ = scripted_services(settings)
     async with open_checkpointer(settings) as saver:
