@@ -6,6 +6,7 @@ replaced instead of failing every later turn."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from switchboard.settings import Settings
+from tools.state_db import SCHEMA_LOCK
 
 
 @asynccontextmanager
@@ -29,7 +31,16 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
         async with AsyncConnectionPool[AsyncConnection[dict[str, Any]]](
                 url, min_size=1, max_size=settings.checkpoint_pool_size, open=False, kwargs=kwargs) as pool:
             pg_saver = AsyncPostgresSaver(pool)
-            await pg_saver.setup()
+            async with pool.connection() as conn:  # replicas starting together: one migrates at a time
+                # polled, not waited for in a statement: the migrations build an index CONCURRENTLY,
+                # which waits for every open transaction, a blocked pg_advisory_lock included
+                while not (await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok",
+                                                     (SCHEMA_LOCK,))).fetchone() or {}).get("ok"):
+                    await asyncio.sleep(0.1)
+                try:
+                    await pg_saver.setup()
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
             yield pg_saver
         return
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver

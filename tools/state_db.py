@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, text
+
+# A PostgreSQL advisory lock key: whoever creates or migrates Switchboard's tables holds it, so
+# replicas that start at the same time do not race on CREATE TABLE (PostgreSQL fails the loser).
+SCHEMA_LOCK = 0x5357_5343_4845_4D41  # "SWSCHEMA"
 
 
 def state_url(checkpoint_url: str, data_dir: Path, sqlite_file: str) -> str:
@@ -33,7 +37,11 @@ def open_state_engine(url: str, metadata: MetaData) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         with engine.begin() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-    metadata.create_all(engine)
+        metadata.create_all(engine)
+        return engine
+    with engine.begin() as conn:  # replicas starting together: one creates the tables, the others wait
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        metadata.create_all(conn)
     return engine
 
 

@@ -20,6 +20,7 @@ from switchboard.access import Access
 from switchboard.services import Services
 from switchboard.settings import Settings
 from switchboard.ui.uploads import upload_dir
+from tools.state_db import SCHEMA_LOCK
 
 log = logging.getLogger("switchboard.ui")
 
@@ -143,7 +144,7 @@ def ensure_ui_schema_postgres(url: str) -> None:
 
     with psycopg.connect(url, autocommit=True) as con:
         # several replicas may start at once: one creates the tables, the others wait for it
-        con.execute("SELECT pg_advisory_lock(hashtext('switchboard-ui-schema'))")
+        con.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
         try:
             for table, columns in UI_SCHEMA.items():
                 cols = ", ".join(f'"{c}" {pg(t)}' for c, t in columns.items())
@@ -153,7 +154,7 @@ def ensure_ui_schema_postgres(url: str) -> None:
             con.execute('CREATE INDEX IF NOT EXISTS steps_thread ON steps ("threadId")')
             con.execute('CREATE INDEX IF NOT EXISTS threads_user ON threads ("userId")')
         finally:
-            con.execute("SELECT pg_advisory_unlock(hashtext('switchboard-ui-schema'))")
+            con.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
 
 
 def prepare_ui_database(url: str) -> None:

@@ -149,3 +149,36 @@ async def test_chat_history_tables_on_postgres_round_trip(db_url: str, make_sett
     assert await layer.get_thread_author(thread) == user.identifier  # what the sidebar's ownership check reads
     assert (await layer.get_user(user.identifier)).id == user.id  # type: ignore[union-attr]
     await layer.engine.dispose()
+
+
+# --- replicas starting together ------------------------------------------------------------------
+async def test_replicas_starting_together_on_an_empty_database_all_start(make_settings, tmp_path):
+    """Found by bench/scale.py: two replicas on a fresh database both ran LangGraph's checkpoint
+    migrations and one died on a unique violation. Schema work now waits for one advisory lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from switchboard.persistence import open_checkpointer
+    from tools.observability.audit import AuditTrail, audit_url
+
+    name = f"sb_start_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_URL, autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    url = f"{PG_URL.rpartition('/')[0]}/{name}"
+    try:
+        settings = make_settings(checkpoint_url=url)
+
+        async def replica() -> str:
+            async with open_checkpointer(settings) as saver:
+                return type(saver).__name__
+
+        def stores(_: int) -> int:
+            ledger, audit = Ledger(ledger_url(url, tmp_path)), AuditTrail(audit_url(url, tmp_path))
+            return ledger.count() + len(audit.turns())
+
+        with ThreadPoolExecutor(4) as pool:
+            counts = list(pool.map(stores, range(4)))
+        assert counts == [0, 0, 0, 0]
+        assert await asyncio.gather(*(replica() for _ in range(4))) == ["AsyncPostgresSaver"] * 4
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as con:
+            con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
