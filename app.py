@@ -33,7 +33,7 @@ from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.types import ThreadDict
 
 from graphs.support import build_support_graph
-from switchboard.access import Access, ReviewForbidden, ThreadNotFound
+from switchboard.access import ReviewForbidden, ThreadNotFound
 from switchboard.api import ConversationBusy, Switchboard
 from switchboard.persistence import open_checkpointer
 from switchboard.services import Services
@@ -123,7 +123,7 @@ _runtime: dict[str, Any] = {}
 
 # --- who is asking: ownership and separation of duties (switchboard/access.py) ---------------------
 
-ACCESS = Access(SERVICES.audit)
+ACCESS = SERVICES.access  # the one Switchboard uses too: owners it looked up are remembered once
 # the LangGraph thread is the Chainlit thread id, which the client chooses (socket.io auth.threadId):
 # it is used only when it is this user's conversation, or a new one
 NOT_FOUND = "This conversation was not found. Start a new chat to ask something."
@@ -160,6 +160,7 @@ async def _startup() -> None:
 async def _shutdown() -> None:
     if stack := _runtime.pop("stack", None):
         await stack.aclose()
+    await SERVICES.turn_locks.aclose()
 
 
 async def _graph() -> Any:

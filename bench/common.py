@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -53,3 +56,13 @@ def machine_load() -> str:
     """"load 1/5/15 min on N CPUs", for reading latencies measured on a shared machine."""
     one, five, fifteen = os.getloadavg()
     return f"load {one:.2f}/{five:.2f}/{fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs"
+
+
+def finish_run(figures: dict[str, Any], began: float, json_path: Path | None) -> None:
+    """The end of a benchmark run: its wall time, printed and kept with the figures, which go to
+    ``json_path`` when given."""
+    figures["elapsed_s"] = round(time.monotonic() - began, 1)
+    print(f"\nbench time {figures['elapsed_s']:.0f} s")
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=2, default=str), encoding="utf-8")
+        print(f"figures written to {json_path}")

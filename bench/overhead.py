@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import sys
@@ -46,7 +45,7 @@ if sys.path[0] != str(ROOT):  # run as a script; ahead of site-packages, which h
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # Chroma: no telemetry calls from a benchmark
 
-from bench.common import machine_load  # noqa: E402
+from bench.common import finish_run, machine_load  # noqa: E402
 from bench.overhead_parts.llm_calls import figure2, print_figure2  # noqa: E402
 from bench.overhead_parts.per_turn import figure1, print_figure1  # noqa: E402
 from bench.overhead_parts.profiling import profile_turns  # noqa: E402
@@ -106,9 +105,4 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     arguments = parse_args()
     started = time.monotonic()
-    result = asyncio.run(main(arguments))
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
-    print(f"\nbench time {result['elapsed_s']:.0f} s")
-    if arguments.json:
-        arguments.json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-        print(f"figures written to {arguments.json}")
+    finish_run(asyncio.run(main(arguments)), started, arguments.json)

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):  # run as a script; ahead of site-packages, which has a stray `tests` (literalai)
     sys.path.insert(0, str(ROOT))
 
-from bench.common import format_table, machine_load  # noqa: E402
+from bench.common import finish_run, format_table, machine_load  # noqa: E402
 from bench.eval_common import percentile  # noqa: E402
 from bench.scale_parts.load import (  # noqa: E402
     POSTGRES,
@@ -163,8 +163,4 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     arguments = parse_args()
     began = time.monotonic()
-    result = asyncio.run(main(arguments))
-    result["elapsed_s"] = round(time.monotonic() - began, 1)
-    print(f"\nbench time {result['elapsed_s']:.0f} s")
-    if arguments.json:
-        arguments.json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    finish_run(asyncio.run(main(arguments)), began, arguments.json)

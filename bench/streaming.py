@@ -38,7 +38,6 @@ machine move with it. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -53,7 +52,7 @@ if sys.path[0] != str(ROOT):  # run as a script; ahead of site-packages, which h
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # Chroma: no telemetry calls from a benchmark
 
-from bench.common import machine_load  # noqa: E402
+from bench.common import finish_run, machine_load  # noqa: E402
 from bench.streaming_parts import cli_door, http_door, python_door, ui_door  # noqa: E402
 from bench.streaming_parts.plan import QUESTIONS, Step, cold_steps, warm_steps  # noqa: E402
 from bench.streaming_parts.report import tables  # noqa: E402
@@ -247,9 +246,4 @@ if __name__ == "__main__":
         python_door.main_worker(arguments.worker)
         raise SystemExit(0)
     began = time.monotonic()
-    figures = main(arguments)
-    figures["elapsed_s"] = round(time.monotonic() - began, 1)
-    print(f"\nbench time {figures['elapsed_s']:.0f} s")
-    if arguments.json:
-        arguments.json.write_text(json.dumps(figures, indent=2, default=str), encoding="utf-8")
-        print(f"figures written to {arguments.json}")
+    finish_run(main(arguments), began, arguments.json)

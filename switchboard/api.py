@@ -72,8 +72,11 @@ class Switchboard:
     async def open(cls, settings: Settings | None = None) -> AsyncIterator[Switchboard]:
         settings = settings or Settings()
         services = Services(settings)
-        async with open_checkpointer(settings) as saver:
-            yield cls(build_support_graph(services, checkpointer=saver), services)
+        try:
+            async with open_checkpointer(settings) as saver:
+                yield cls(build_support_graph(services, checkpointer=saver), services)
+        finally:
+            await services.turn_locks.aclose()  # the PostgreSQL locks' connection, if one was opened
 
     async def ask(
         self,

@@ -14,13 +14,13 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from switchboard.settings import Settings
-from tools.state_db import SCHEMA_LOCK
+from tools.state_db import SCHEMA_LOCK, is_postgres
 
 
 @asynccontextmanager
 async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointSaver]:
     url = settings.checkpoint_url.strip()
-    if url.startswith(("postgres://", "postgresql://")):
+    if is_postgres(url):
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
         from psycopg import AsyncConnection
         from psycopg.rows import dict_row

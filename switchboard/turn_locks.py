@@ -30,6 +30,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from tools.state_db import is_postgres
+
 log = logging.getLogger("switchboard.locks")
 
 FILE_BUCKETS = 4096
@@ -186,7 +188,6 @@ class PostgresTurnLocks:
 
 
 def turn_locks_for(checkpoint_url: str, data_dir: Path, wait_s: float) -> TurnLocks:
-    url = checkpoint_url.strip()
-    if url.startswith(("postgres://", "postgresql://")):
-        return PostgresTurnLocks(url, wait_s)
+    if is_postgres(checkpoint_url):
+        return PostgresTurnLocks(checkpoint_url.strip(), wait_s)
     return FileTurnLocks(data_dir / "turn-locks", wait_s)

@@ -13,12 +13,21 @@ from sqlalchemy import Engine, MetaData, create_engine, event, text
 SCHEMA_LOCK = 0x5357_5343_4845_4D41  # "SWSCHEMA"
 
 
+def is_postgres(checkpoint_url: str) -> bool:
+    """Does the checkpointer setting name a PostgreSQL database (then every shared store is there)?"""
+    return checkpoint_url.strip().startswith(("postgres://", "postgresql://"))
+
+
+def sqlalchemy_postgres_url(checkpoint_url: str) -> str:
+    """A ``postgresql://`` URL for SQLAlchemy's psycopg (3) driver."""
+    return "postgresql+psycopg://" + checkpoint_url.strip().split("://", 1)[1]
+
+
 def state_url(checkpoint_url: str, data_dir: Path, sqlite_file: str) -> str:
     """The checkpointer's PostgreSQL database (psycopg driver) when ``checkpoint_url`` names one,
     else ``sqlite_file`` in ``data_dir``."""
-    url = checkpoint_url.strip()
-    if url.startswith(("postgres://", "postgresql://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if is_postgres(checkpoint_url):
+        return sqlalchemy_postgres_url(checkpoint_url)
     data_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{data_dir / sqlite_file}"
 

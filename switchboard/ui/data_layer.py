@@ -20,7 +20,7 @@ from switchboard.access import Access
 from switchboard.services import Services
 from switchboard.settings import Settings
 from switchboard.ui.uploads import upload_dir
-from tools.state_db import SCHEMA_LOCK
+from tools.state_db import SCHEMA_LOCK, is_postgres, sqlalchemy_postgres_url
 
 log = logging.getLogger("switchboard.ui")
 
@@ -233,7 +233,6 @@ def ui_database_url(settings: Settings) -> str:
     url = os.environ.get("SWITCHBOARD_UI_DATABASE_URL", "").strip()
     if url:
         return url
-    checkpoints = settings.checkpoint_url.strip()
-    if checkpoints.startswith(("postgres://", "postgresql://")):
-        return "postgresql+psycopg://" + checkpoints.split("://", 1)[1]
+    if is_postgres(settings.checkpoint_url):
+        return sqlalchemy_postgres_url(settings.checkpoint_url)
     return f"sqlite+aiosqlite:///{settings.data_dir / 'ui_history.sqlite'}"

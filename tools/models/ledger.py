@@ -110,13 +110,13 @@ class Ledger:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._sqlite = url.startswith("sqlite")
+        # INSERT ... ON CONFLICT is dialect-specific in SQLAlchemy
+        self._insert = sqlite.insert if url.startswith("sqlite") else postgresql.insert
         self.engine = open_state_engine(url, metadata)
         self._stores = 0
 
     def _upsert_spend(self, conn: Connection, scope: str, key: str, delta: float, now: float) -> None:
-        dialect = sqlite if self._sqlite else postgresql
-        stmt = dialect.insert(spend_table).values(scope=scope, key=key, spent=delta, ts=now)
+        stmt = self._insert(spend_table).values(scope=scope, key=key, spent=delta, ts=now)
         conn.execute(stmt.on_conflict_do_update(
             index_elements=["scope", "key"],
             set_={"spent": spend_table.c.spent + stmt.excluded.spent, "ts": stmt.excluded.ts}))
@@ -168,9 +168,8 @@ class Ledger:
                "model_version": entry.model_version, "tokens_in": entry.tokens_in, "tokens_out": entry.tokens_out,
                "cost_usd": entry.cost_usd, "latency_ms": entry.latency_ms, "cached": int(entry.cached),
                "note": entry.note}
-        dialect = sqlite if self._sqlite else postgresql
         with self.engine.begin() as conn:
-            inserted = conn.execute(dialect.insert(calls_table).values(**row)  # (psycopg's rowcount is -1 here)
+            inserted = conn.execute(self._insert(calls_table).values(**row)  # (psycopg's rowcount is -1 here)
                                     .on_conflict_do_nothing(index_elements=["call_id"])
                                     .returning(calls_table.c.id)).first()
             if inserted is None:  # its first record settled the reservation already
@@ -200,8 +199,7 @@ class Ledger:
 
     def store(self, key: str, model: str, content: str, t_in: int, t_out: int, ttl_s: int) -> None:
         now = time.time()
-        dialect = sqlite if self._sqlite else postgresql
-        stmt = dialect.insert(cache_table).values(key=key, ts=now, model=model, content=content,
+        stmt = self._insert(cache_table).values(key=key, ts=now, model=model, content=content,
                                                   tokens_in=t_in, tokens_out=t_out)
         with self.engine.begin() as conn:
             conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={
