@@ -19,7 +19,7 @@ prompt once asked for LIMIT 20 on lists; the display limit is now applied when r
 The questions are Spider's; they are never used as examples or to tune prompts.
 
     .venv/bin/python bench/sql_spider.py --limit 200 --mode both --seed 0 --out /tmp/spider.jsonl
-    .venv/bin/python bench/sql_spider.py --mode agent             # all 972 questions
+    .venv/bin/python bench/sql_spider.py --mode both --out /tmp/spider-all.jsonl --resume  # all 972; resumable
 """
 
 from __future__ import annotations
@@ -350,14 +350,19 @@ async def main(args: argparse.Namespace) -> None:
     modes: list[Mode] = ["agent", "raw"] if args.mode == "both" else [args.mode]
     print(f"Spider dev subset: {len(examples)} questions over {len({e.db_id for e in examples})} databases; "
           f"model {args.model}; modes {', '.join(modes)}; seed {args.seed}; {machine_load()}", flush=True)
-    out = args.out.open("w", encoding="utf-8") if args.out else None
-    outcomes: list[Outcome] = []
+    outcomes = resumed(args.out, examples) if args.resume else []
+    done = {(o.index, o.mode) for o in outcomes}
+    if done:
+        print(f"resuming: {len(done)} answers already in {args.out}", flush=True)
+    out = args.out.open("a" if args.resume else "w", encoding="utf-8") if args.out else None
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sb-spider-") as work:
         runner = Runner(args.data, args.model, Path(work))
         try:
             for n, example in enumerate(examples, 1):
                 for mode in modes:
+                    if (example.index, mode) in done:
+                        continue
                     outcome = await runner.run(example, mode)
                     outcomes.append(outcome)
                     if out is not None:
@@ -376,6 +381,26 @@ async def main(args: argparse.Namespace) -> None:
     print("\n" + summary_table(outcomes, modes))
 
 
+def resumed(path: Path | None, examples: Sequence[Example]) -> list[Outcome]:
+    """The outcomes an interrupted run already wrote to ``path`` for these questions (a full run is hours)."""
+    if path is None:
+        raise SystemExit("--resume needs --out, the file the interrupted run wrote")
+    if not path.is_file():
+        return []
+    wanted = {e.index for e in examples}
+    outcomes = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            outcome = Outcome(**json.loads(line))
+        except (ValueError, TypeError):
+            continue  # a line cut off when the run was killed; that question runs again
+        if outcome.index in wanted:
+            outcomes.append(outcome)
+    # keep only whole lines: a cut-off last line would otherwise be glued to the next write
+    path.write_text("".join(json.dumps(asdict(o), ensure_ascii=False) + "\n" for o in outcomes), encoding="utf-8")
+    return outcomes
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="a model name from switchboard/config/models.yaml")
@@ -384,6 +409,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mode", choices=["agent", "raw", "both"], default="both")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the spider_dev_subset folder")
     ap.add_argument("--out", type=Path, help="write one JSON line per question and mode here")
+    ap.add_argument("--resume", action="store_true", help="keep the answers already in --out and run the rest")
     return ap.parse_args(argv)
 
 

@@ -74,13 +74,18 @@ class BM25:
     def top(self, query: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(indexes, scores) of the ``n`` best-scoring documents with a score above 0, best first."""
         scores = self.scores(query)
+        idx = self.best(scores, n)
+        return idx, scores[idx]
+
+    @staticmethod
+    def best(scores: np.ndarray, n: int) -> np.ndarray:
+        """Indexes of the ``n`` highest of ``scores`` (from :meth:`scores`) above 0, best first."""
         if not scores.size or n <= 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.int64)
         n = min(n, scores.size)
         idx = np.argpartition(-scores, n - 1)[:n]
         idx = idx[np.argsort(-scores[idx], kind="stable")]
-        idx = idx[scores[idx] > 0]
-        return idx, scores[idx]
+        return idx[scores[idx] > 0]
 
 
 def fuse(cosine: float, lexical: float, best_lexical: float, weight: float = LEXICAL_WEIGHT) -> float:

@@ -88,3 +88,27 @@ def test_the_lexical_index_follows_writes(kb: KnowledgeStore, tmp_path: Path) ->
 def test_a_metadata_filter_searches_dense_only(kb: KnowledgeStore, tmp_path: Path) -> None:
     hits = kb.search("QX-4471", k=4, where={"title": "Gift cards"})
     assert [Path(h.source).name for h in hits] == ["gift.md"] and hits[0].relevance == hits[0].score
+
+
+class GiftNearest:
+    """A fake embedder: the query "card payment" and the gift-card article share one vector; every
+    other text sits at cosine 0.6 from it."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), 8), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i, :2] = (1.0, 0.0) if text == "card payment" or text.startswith("Gift cards") else (0.6, 0.8)
+        return out
+
+
+def test_a_dense_candidate_outside_the_bm25_top_keeps_its_lexical_share(tmp_path: Path, monkeypatch) -> None:
+    """The fused score of every candidate counts its own BM25 score: the gift-card chunk is the
+    dense side's best but only BM25's second ("card" once, not twice), and used to be fused with 0."""
+    store = KnowledgeStore(open_collection(chroma_dir=tmp_path / "chroma", name="hybrid-depth"),
+                           embedder=GiftNearest())  # type: ignore[arg-type]
+    for name, (title, text) in DOCS.items():
+        store.upsert_document(str(tmp_path / name), [Chunk(text)], title=title, content_hash=name)
+    monkeypatch.setattr(store_module, "HYBRID_DEPTH", 1)  # one candidate from each side
+    [gift] = store.search("card payment", k=1)  # dense side: gift.md; BM25 side: card.md
+    assert Path(gift.source).name == "gift.md" and gift.score == pytest.approx(1.0)
+    assert 1.0 < gift.relevance < 1.0 + LEXICAL_WEIGHT  # a share of BM25's best, not nothing

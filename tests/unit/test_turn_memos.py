@@ -52,6 +52,13 @@ def test_a_memo_hit_is_exactly_what_the_model_returned(emb: MiniLMEmbedder) -> N
     assert np.array_equal(emb.embed(texts), first)
 
 
+def test_forget_recent_empties_the_memo(emb: MiniLMEmbedder) -> None:
+    emb.embed(["a question"])
+    emb.forget_recent()  # what bench/rag_wixqa.py does before timing a question it searched before
+    emb.embed(["a question"])
+    assert emb._embed.texts == 2 and emb._memo_rows == 1  # noqa: SLF001
+
+
 def test_the_memo_is_keyed_by_the_whole_call(emb: MiniLMEmbedder) -> None:
     emb.embed(["a question", "another one"])
     emb.embed(["a question"])  # a different call: the model runs again
@@ -115,6 +122,14 @@ def test_a_repeated_search_reuses_the_ranking(kb: KnowledgeStore, monkeypatch: p
     first = kb.search("refunds", k=1)
     monkeypatch.setattr(kb, "_query", lambda *a: pytest.fail("the ranking was made again"))
     assert kb.search("refunds", k=2)[:1] == first  # a different k cuts the same ranking
+
+
+def test_forget_recent_makes_the_ranking_again(kb: KnowledgeStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    kb.search("refunds", k=1)
+    kb.forget_recent()
+    monkeypatch.setattr(kb, "_query", lambda *a: pytest.fail("ranked again") if a else None)
+    with pytest.raises(pytest.fail.Exception, match="ranked again"):
+        kb.search("refunds", k=1)
 
 
 def test_the_rankings_kept_are_bounded(kb: KnowledgeStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -111,6 +111,12 @@ class MiniLMEmbedder:
             self._remember(key, vectors)
         return vectors
 
+    def forget_recent(self) -> None:
+        """Empty the memo of recent calls (see :meth:`embed`)."""
+        with self._memo_lock:
+            self._memo.clear()
+            self._memo_rows = 0
+
     def _remember(self, key: tuple[str, ...], vectors: np.ndarray) -> None:
         with self._memo_lock:
             if key in self._memo:  # another thread embedded the same texts meanwhile
