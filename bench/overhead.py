@@ -3,7 +3,7 @@
 
 1. **Overhead per turn** -- zero-latency fake model, turns run one at a time over several
    conversations, a mix of one- and two-part requests; p50/p99/mean wall time of a turn with
-   the product's SQLite checkpointer (``AsyncSqliteSaver``) and with ``InMemorySaver``, and
+   the product's SQLite checkpointer (``switchboard.sqlite_saver``) and with ``InMemorySaver``, and
    where the time goes: triage (the local embedding classifier), the model gateway (budget
    check, cache key, ledger write, LangChain's streaming path; the fake itself takes ~0 ms),
    retrieval (Chroma), SQL execution (Chinook), checkpointer calls, and the rest (LangGraph's

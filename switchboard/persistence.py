@@ -43,7 +43,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
                     await conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
             yield pg_saver
         return
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    from switchboard.sqlite_saver import ThreadedSqliteSaver
 
     if url and not url.startswith("sqlite:///"):
         raise ValueError(
@@ -51,10 +51,5 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
         )
     path = url.removeprefix("sqlite:///") if url else str(settings.checkpoint_sqlite_path)
     settings.ensure_dirs()
-    async with AsyncSqliteSaver.from_conn_string(path) as saver:
-        await saver.setup()  # WAL journal (LangGraph's setup)
-        # WAL with synchronous=NORMAL: a commit survives the process being killed (what crash
-        # recovery is built on) without an fsync per checkpoint write (a turn makes about 13);
-        # only an OS crash or power loss can drop the last commits
-        await saver.conn.execute("PRAGMA synchronous=NORMAL")
+    with ThreadedSqliteSaver.open(path) as saver:  # LangGraph's tables, WAL, synchronous=NORMAL
         yield saver

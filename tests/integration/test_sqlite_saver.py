@@ -1,0 +1,91 @@
+"""The default checkpointer (switchboard/sqlite_saver.py): LangGraph's SqliteSaver run one call per
+hand-off on its own thread. It must keep what LangGraph's AsyncSqliteSaver kept: files written by
+one are read by the other (an upgrade keeps every conversation), history, pending writes and
+deletion, from any event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import threading
+from pathlib import Path
+from typing import Annotated, TypedDict
+
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph import END, START, StateGraph
+
+from switchboard.persistence import open_checkpointer
+from switchboard.settings import Settings
+from switchboard.sqlite_saver import ThreadedSqliteSaver
+
+
+class Counter(TypedDict):
+    said: Annotated[list[str], operator.add]
+
+
+def _graph(saver):  # type: ignore[no-untyped-def]
+    builder = StateGraph(Counter)
+    builder.add_node("echo", lambda s: {"said": [f"echo {len(s['said'])}"]})
+    builder.add_node("done", lambda s: {"said": ["done"]})
+    builder.add_edge(START, "echo")
+    builder.add_edge("echo", "done")
+    builder.add_edge("done", END)
+    return builder.compile(checkpointer=saver)
+
+
+def _cfg(thread: str) -> dict:
+    return {"configurable": {"thread_id": thread}}
+
+
+async def test_conversations_written_by_langgraphs_async_saver_are_read_and_continued(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.sqlite"
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as old:
+        await _graph(old).ainvoke({"said": ["hi"]}, _cfg("t1"))
+    async with open_checkpointer(Settings(data_dir=tmp_path, checkpoint_url=f"sqlite:///{path}")) as saver:
+        assert isinstance(saver, ThreadedSqliteSaver)
+        graph = _graph(saver)
+        assert (await graph.aget_state(_cfg("t1"))).values["said"] == ["hi", "echo 1", "done"]
+        await graph.ainvoke({"said": ["again"]}, _cfg("t1"))
+        history = [s async for s in graph.aget_state_history(_cfg("t1"))]
+    assert len(history) == 8  # two runs of input + two steps + end, as LangGraph's saver records them
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as old:  # and back: nothing lost either way
+        state = await _graph(old).aget_state(_cfg("t1"))
+    assert state.values["said"] == ["hi", "echo 1", "done", "again", "echo 4", "done"]
+
+
+async def test_one_thread_serves_every_call_and_a_deleted_thread_is_gone(tmp_path: Path) -> None:
+    threads: set[str] = set()
+    async with open_checkpointer(Settings(data_dir=tmp_path)) as saver:
+        assert isinstance(saver, ThreadedSqliteSaver)
+        put = saver.put
+
+        def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+            threads.add(threading.current_thread().name)
+            return put(*args, **kwargs)
+
+        saver.put = spy  # type: ignore[method-assign]
+        graph = _graph(saver)
+        await asyncio.gather(*(graph.ainvoke({"said": [str(i)]}, _cfg(f"c{i}")) for i in range(5)))
+        for i in range(5):
+            assert (await graph.aget_state(_cfg(f"c{i}"))).values["said"] == [str(i), "echo 1", "done"]
+        await saver.adelete_thread("c0")
+        assert (await graph.aget_state(_cfg("c0"))).values == {}
+        assert [s async for s in saver.alist(_cfg("c1"), limit=2)][0].checkpoint["channel_values"]["said"][-1] == "done"
+    assert len(threads) == 1 and threads.pop().startswith("sqlite-checkpoints")
+
+
+def test_the_saver_serves_more_than_one_event_loop(tmp_path: Path) -> None:
+    """The chat UI and the HTTP server may run turns on different loops than the one that opened it."""
+
+    async def opened() -> None:
+        async with open_checkpointer(Settings(data_dir=tmp_path)) as saver:
+            graph = _graph(saver)
+            await graph.ainvoke({"said": ["a"]}, _cfg("x"))
+            result: list[list[str]] = []
+            worker = threading.Thread(target=lambda: result.append(
+                asyncio.run(graph.aget_state(_cfg("x"))).values["said"]))
+            worker.start()
+            worker.join()
+            assert result == [["a", "echo 1", "done"]]
+
+    asyncio.run(opened())
