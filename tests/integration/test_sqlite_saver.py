@@ -1,8 +1,7 @@
 """The default checkpointer (switchboard/sqlite_saver.py): LangGraph's SqliteSaver run one call per
-hand-off on its own thread, with channel values stored once per version. It must keep what
-LangGraph's AsyncSqliteSaver kept: a file written by it is read and continued (an upgrade keeps
-every conversation), history, pending writes and deletion, from any event loop; and it must not
-write a value again that an earlier checkpoint of the thread already stored."""
+hand-off on its own thread. It must keep what LangGraph's AsyncSqliteSaver kept: files written by
+one are read by the other (an upgrade keeps every conversation), history, pending writes and
+deletion, from any event loop."""
 
 from __future__ import annotations
 
@@ -20,9 +19,8 @@ from switchboard.settings import Settings
 from switchboard.sqlite_saver import ThreadedSqliteSaver
 
 
-class Counter(TypedDict, total=False):
+class Counter(TypedDict):
     said: Annotated[list[str], operator.add]
-    topic: str  # set by the input only: its value does not change while a run goes on
 
 
 def _graph(saver):  # type: ignore[no-untyped-def]
@@ -72,8 +70,6 @@ async def test_one_thread_serves_every_call_and_a_deleted_thread_is_gone(tmp_pat
             assert (await graph.aget_state(_cfg(f"c{i}"))).values["said"] == [str(i), "echo 1", "done"]
         await saver.adelete_thread("c0")
         assert (await graph.aget_state(_cfg("c0"))).values == {}
-        for table in ("checkpoints", "writes", "checkpoint_blobs"):  # an erased conversation leaves nothing
-            assert saver.conn.execute(f"SELECT count(*) FROM {table} WHERE thread_id = 'c0'").fetchone() == (0,)
         assert [s async for s in saver.alist(_cfg("c1"), limit=2)][0].checkpoint["channel_values"]["said"][-1] == "done"
     assert len(threads) == 1 and threads.pop().startswith("sqlite-checkpoints")
 
@@ -93,22 +89,3 @@ def test_the_saver_serves_more_than_one_event_loop(tmp_path: Path) -> None:
             assert result == [["a", "echo 1", "done"]]
 
     asyncio.run(opened())
-
-
-async def test_a_value_is_stored_once_per_version_not_once_per_checkpoint(tmp_path: Path) -> None:
-    topic = "refunds " * 200
-    async with open_checkpointer(Settings(data_dir=tmp_path)) as saver:
-        graph = _graph(saver)
-        await graph.ainvoke({"said": ["hi"], "topic": topic}, _cfg("t"))
-        await graph.ainvoke({"said": ["again"]}, _cfg("t"))
-        copies = dict(saver.conn.execute(
-            "SELECT channel, count(*) FROM checkpoint_blobs WHERE thread_id = 't' GROUP BY channel").fetchall())
-        rows, largest = saver.conn.execute(
-            "SELECT count(*), max(length(checkpoint)) FROM checkpoints WHERE thread_id = 't'").fetchone()
-        state = await graph.aget_state(_cfg("t"))
-        first = [s async for s in graph.aget_state_history(_cfg("t"))][-2]  # the first run's input, applied
-    assert rows == 8 and copies["topic"] == 1  # one copy of the topic for eight checkpoints
-    assert copies["said"] == 6  # one per change: two inputs and four steps
-    assert largest < 1000  # a row holds the versions, not the 1,600-character topic
-    assert state.values == {"topic": topic, "said": ["hi", "echo 1", "done", "again", "echo 4", "done"]}
-    assert first.values == {"topic": topic, "said": ["hi"]}
