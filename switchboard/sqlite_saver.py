@@ -37,6 +37,9 @@ __all__ = ["ThreadedSqliteSaver"]
 
 T = TypeVar("T")
 
+LIST_PAGE = 20
+"""Checkpoints ``alist`` reads per job (a turn makes about 7)."""
+
 
 class ThreadedSqliteSaver(SqliteSaver):
     """``SqliteSaver`` with an async interface: one hand-off to the saver's own thread per call."""
@@ -82,9 +85,24 @@ class ThreadedSqliteSaver(SqliteSaver):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        rows = await self._run(lambda: list(self.list(config, filter=filter, before=before, limit=limit)))
-        for row in rows:
-            yield row
+        """Newest first, read :data:`LIST_PAGE` at a time: a caller that stops early (the thread
+        view wants its last few turns) does not pay for the whole history. Each page is one job
+        that runs the stock ``list`` to its end: it holds the saver's lock while it yields, so a
+        generator left open across jobs would block every other call."""
+        left = limit
+        while left is None or left > 0:
+            page = LIST_PAGE if left is None else min(LIST_PAGE, left)
+            rows = await self._run(partial(self._list_page, config, filter, before, page))
+            for row in rows:
+                yield row
+            if len(rows) < page:
+                return
+            before = {"configurable": {"checkpoint_id": rows[-1].config["configurable"]["checkpoint_id"]}}
+            left = None if left is None else left - len(rows)
+
+    def _list_page(self, config: RunnableConfig | None, filter: dict[str, Any] | None,  # noqa: A002
+                   before: RunnableConfig | None, limit: int) -> list[CheckpointTuple]:
+        return [*self.list(config, filter=filter, before=before, limit=limit)]
 
     async def aput(
         self,

@@ -89,3 +89,30 @@ def test_the_saver_serves_more_than_one_event_loop(tmp_path: Path) -> None:
             assert result == [["a", "echo 1", "done"]]
 
     asyncio.run(opened())
+
+
+async def test_history_is_read_a_page_at_a_time_and_in_order(tmp_path: Path, monkeypatch) -> None:
+    async with open_checkpointer(Settings(data_dir=tmp_path)) as saver:
+        graph = _graph(saver)
+        for i in range(10):
+            await graph.ainvoke({"said": [str(i)]}, _cfg("long"))
+        pages: list[int] = []
+        read = saver._list_page
+
+        def counted(*args):  # type: ignore[no-untyped-def]
+            pages.append(args[-1])
+            return read(*args)
+
+        monkeypatch.setattr(saver, "_list_page", counted)
+        every = [t.config["configurable"]["checkpoint_id"] async for t in saver.alist(_cfg("long"))]
+        assert every == [t.config["configurable"]["checkpoint_id"] for t in saver.list(_cfg("long"))]
+        assert len(every) == 40 and len(set(every)) == 40 and pages == [20, 20, 20]
+        pages.clear()
+        async for _first in saver.alist(_cfg("long")):
+            break  # the newest only: one page read, not the whole history
+        assert pages == [20]
+        pages.clear()
+        assert len([t async for t in saver.alist(_cfg("long"), limit=25)]) == 25 and pages == [20, 5]
+        newest = (await saver.aget_tuple(_cfg("long"))).config  # type: ignore[union-attr]
+        older = [t async for t in saver.alist(_cfg("long"), before=newest, limit=3)]
+        assert [t.config["configurable"]["checkpoint_id"] for t in older] == every[1:4]
