@@ -104,6 +104,32 @@ class Cluster:
     def pids(self) -> list[int]:
         return [int(p) for p in self.info.get("SWITCHBOARD_CLUSTER_PIDS", "").split()]
 
+    def sessions(self, replica: int) -> int:
+        """Requests HAProxy has in flight on ``replica`` now (``scur`` of server r<replica>, read
+        from its stats socket), or -1 if the socket does not answer."""
+        import socket
+
+        sock = Path(self.env["SWITCHBOARD_CLUSTER_DIR"]) / "haproxy" / "haproxy.sock"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(2)
+                s.connect(str(sock))
+                s.sendall(b"show stat\n")
+                out = b""
+                while chunk := s.recv(65536):
+                    out += chunk
+        except OSError:
+            return -1
+        lines = out.decode().splitlines()
+        if not lines:
+            return -1
+        head = lines[0].removeprefix("# ").split(",")
+        for line in lines[1:]:
+            row = dict(zip(head, line.split(","), strict=False))
+            if row.get("pxname") == "replicas" and row.get("svname") == f"r{replica}":
+                return int(row.get("scur") or 0)
+        return -1
+
     def kill(self, replica: int) -> None:
         subprocess.run(["bash", str(CLUSTER), "kill", str(replica)], env=self.env, check=True,
                        capture_output=True, timeout=60)
@@ -274,6 +300,12 @@ async def kill_under_load(cluster: Cluster, db_url: str, conversations: int, tur
     async with client(cluster.url, cluster.info["api_key"], conversations) as http:
         tasks = [asyncio.create_task(converse(http, f"kill-c{c}", turns)) for c in range(conversations)]
         await asyncio.sleep(kill_after_s)
+        # a kill between two of the replica's requests tests nothing: wait (a bounded while) until
+        # the balancer has one in flight there
+        waited = 0.0
+        while cluster.sessions(1) == 0 and waited < 5.0 and not all(t.done() for t in tasks):
+            await asyncio.sleep(0.02)
+            waited += 0.02
         killed_at = time.perf_counter()
         cluster.kill(1)
         runs = await asyncio.gather(*tasks)
