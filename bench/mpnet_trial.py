@@ -32,9 +32,7 @@ import argparse
 import hashlib
 import json
 import math
-import mmap
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -47,30 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.mpnet_onnx.weights import load_safetensors, relative_position_bucket  # noqa: E402
 from bench.rag_wixqa import DEFAULT_DATA, build_index, dedupe_sources, load_questions, ranking_metrics  # noqa: E402
 from knowledge.lexical import BM25  # noqa: E402
 
 SAFETENSORS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
-_DTYPES = {"F32": np.float32, "I64": np.int64}
-
-
-def load_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """The tensors of a ``.safetensors`` file, memory-mapped (a plain format: no pickle)."""
-    f = path.open("rb")
-    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    (n,) = struct.unpack("<Q", mm[:8])
-    header = json.loads(mm[8:8 + n])
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = meta["data_offsets"]
-        dtype = np.dtype(_DTYPES[meta["dtype"]])
-        out[name] = np.frombuffer(mm, dtype=dtype, count=(end - start) // dtype.itemsize,
-                                  offset=8 + n + start).reshape(meta["shape"])
-    return out
-
-
 def _gelu(x: np.ndarray) -> np.ndarray:
     from scipy.special import erf
 
@@ -81,19 +60,6 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.n
     mu = x.mean(-1, keepdims=True)
     xc = x - mu
     return ((xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)) * w + b).astype(np.float32)
-
-
-def relative_position_bucket(relative: np.ndarray, buckets: int = 32, max_distance: int = 128) -> np.ndarray:
-    """Hugging Face ``MPNetEncoder.relative_position_bucket`` (relative = key - query position)."""
-    n = -relative
-    half = buckets // 2
-    ret = (n < 0).astype(np.int64) * half
-    n = np.abs(n)
-    exact = half // 2
-    with np.errstate(divide="ignore"):
-        large = exact + (np.log(np.maximum(n, 1).astype(np.float32) / exact) / math.log(max_distance / exact)
-                         * (half - exact)).astype(np.int64)
-    return ret + np.where(n < exact, n, np.minimum(large, half - 1))
 
 
 class MPNet:

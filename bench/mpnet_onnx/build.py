@@ -11,8 +11,6 @@ Needs ``onnx`` and ``onnxruntime`` (a scratch venv: not the project's dependenci
 """
 import json
 import math
-import mmap
-import struct
 import sys
 from pathlib import Path
 
@@ -24,37 +22,9 @@ from onnx import numpy_helper as nh
 
 MODEL_DIR = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/mpnet/model/all-mpnet-base-v2")
 OUT = Path("/tmp/mpnet_onnx")
-_DTYPES = {"F32": np.float32, "I64": np.int64}
 
-
-# --- copied from /work/main/bench/mpnet_trial.py
-def load_safetensors(path: Path) -> dict:
-    f = path.open("rb")
-    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    (n,) = struct.unpack("<Q", mm[:8])
-    header = json.loads(mm[8:8 + n])
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = meta["data_offsets"]
-        dtype = np.dtype(_DTYPES[meta["dtype"]])
-        out[name] = np.frombuffer(mm, dtype=dtype, count=(end - start) // dtype.itemsize,
-                                  offset=8 + n + start).reshape(meta["shape"])
-    return out
-
-
-def relative_position_bucket(relative, buckets=32, max_distance=128):
-    n = -relative
-    half = buckets // 2
-    ret = (n < 0).astype(np.int64) * half
-    n = np.abs(n)
-    exact = half // 2
-    with np.errstate(divide="ignore"):
-        large = exact + (np.log(np.maximum(n, 1).astype(np.float32) / exact) / math.log(max_distance / exact)
-                         * (half - exact)).astype(np.int64)
-    return ret + np.where(n < exact, n, np.minimum(large, half - 1))
-# ---
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script, from a scratch venv
+from weights import load_safetensors, relative_position_bucket  # noqa: E402
 
 
 def build():
