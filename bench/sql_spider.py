@@ -387,18 +387,17 @@ def resumed(path: Path | None, examples: Sequence[Example]) -> list[Outcome]:
         raise SystemExit("--resume needs --out, the file the interrupted run wrote")
     if not path.is_file():
         return []
-    wanted = {e.index for e in examples}
-    outcomes = []
+    kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            outcome = Outcome(**json.loads(line))
+            kept.append(Outcome(**json.loads(line)))
         except (ValueError, TypeError):
             continue  # a line cut off when the run was killed; that question runs again
-        if outcome.index in wanted:
-            outcomes.append(outcome)
-    # keep only whole lines: a cut-off last line would otherwise be glued to the next write
-    path.write_text("".join(json.dumps(asdict(o), ensure_ascii=False) + "\n" for o in outcomes), encoding="utf-8")
-    return outcomes
+    # keep every whole line (also answers to questions outside this run's sample): a cut-off last
+    # line would otherwise be glued to the next write
+    path.write_text("".join(json.dumps(asdict(o), ensure_ascii=False) + "\n" for o in kept), encoding="utf-8")
+    wanted = {e.index for e in examples}
+    return [o for o in kept if o.index in wanted]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlparse
@@ -92,7 +92,7 @@ class _LexicalIndex:
     ids: list[str]
     bm25: BM25
     built: float  # time.monotonic()
-    positions: dict[str, int] = field(default_factory=dict)  # chunk id -> its row in ``bm25``
+    positions: dict[str, int]  # chunk id -> its row in ``bm25``
 
 
 @dataclass(frozen=True)

@@ -302,10 +302,9 @@ async def kill_under_load(cluster: Cluster, db_url: str, conversations: int, tur
         await asyncio.sleep(kill_after_s)
         # a kill between two of the replica's requests tests nothing: wait (a bounded while) until
         # the balancer has one in flight there
-        waited = 0.0
-        while cluster.sessions(1) == 0 and waited < 5.0 and not all(t.done() for t in tasks):
+        deadline = time.monotonic() + 5.0
+        while cluster.sessions(1) == 0 and time.monotonic() < deadline and not all(t.done() for t in tasks):
             await asyncio.sleep(0.02)
-            waited += 0.02
         killed_at = time.perf_counter()
         cluster.kill(1)
         runs = await asyncio.gather(*tasks)
