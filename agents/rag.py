@@ -47,15 +47,7 @@ log = logging.getLogger("switchboard.agents")
 
 TOP_K = 3
 SCREEN_DEPTH = 2  # search top_k times this many, so quarantined passages are replaced by the next ones
-MIN_SCORE = 0.30  # below this the best passage is unrelated (measured on the demo help center)
 PASSAGE_CHARS = 450
-RELEVANCE_MARGIN = 0.07
-"""Passages more than this below the best one's hybrid relevance are left out of the prompt.
-
-Measured with bench/rag_wixqa.py's index (160 WixQA questions, top 3 passages): every passage
-given, all of them come from a gold article for 37.5% of questions and at least one for 91.2%;
-within 0.07 of the best, 65.0% and 90.0%, with 2.0 passages instead of 3 (a shorter prompt).
-A small model cites what it is given, so a weaker passage is mostly a wrong citation."""
 PER_ARTICLE = False
 """Give the model the best chunk of ``TOP_K`` different articles (True) or the ``TOP_K`` best chunks.
 
@@ -93,8 +85,8 @@ class RAGAgent:
     label: ClassVar[str] = "From the help center"  # introduces its part of a combined answer
 
     def __init__(
-        self, services: AgentServices, top_k: int = TOP_K, min_score: float = MIN_SCORE, per_article: bool = PER_ARTICLE,
-        margin: float = RELEVANCE_MARGIN,
+        self, services: AgentServices, top_k: int = TOP_K, min_score: float | None = None,
+        per_article: bool = PER_ARTICLE, margin: float | None = None,
     ) -> None:
         self.services = services
         self.top_k = top_k
@@ -124,7 +116,10 @@ class RAGAgent:
             out.evidence["retrieved"] = [
                 {"title": h.title, "source": h.source, "url": h.url, "score": round(h.score, 3)} for h in hits
             ]
-            relevant = curated_first(close_to_best([h for h in hits if h.score >= self.min_score], self.margin),
+            kb = self.services.kb  # None: the embedding model's floor and margin (``Embedder``)
+            floor = kb.relevance_floor if self.min_score is None else self.min_score
+            margin = kb.relevance_margin if self.margin is None else self.margin
+            relevant = curated_first(close_to_best([h for h in hits if h.score >= floor], margin),
                                      self.services.agent_config.helpcenter_dir)
             if not relevant:
                 out.answer = NOT_FOUND
@@ -245,8 +240,8 @@ def with_lead(lead: str, answer: str) -> str:
     return f"{lead}\n\n{kept}" if kept else lead
 
 
-def close_to_best(hits: list[Hit], margin: float = RELEVANCE_MARGIN) -> list[Hit]:
-    """The hits within ``margin`` of the best one's relevance (see :data:`RELEVANCE_MARGIN`)."""
+def close_to_best(hits: list[Hit], margin: float) -> list[Hit]:
+    """The hits within ``margin`` of the best one's relevance (see ``Embedder.relevance_margin``)."""
     if not hits:
         return []
     best = max(h.relevance for h in hits)

@@ -65,13 +65,14 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from agents import prompts, rag  # noqa: E402
-from agents.rag import MIN_SCORE, TOP_K, RAGAgent  # noqa: E402
+from agents.rag import TOP_K, RAGAgent  # noqa: E402
 from knowledge.ingest import IngestReport, ingest  # noqa: E402
 from knowledge.lexical import BM25  # noqa: E402
 from knowledge.store import PER_SOURCE_DEPTH, Hit, KnowledgeStore, best_per_source  # noqa: E402
 from switchboard.services import Services  # noqa: E402
 from switchboard.settings import Settings  # noqa: E402
 from tools.models.gateway import call_model  # noqa: E402
+from tools.models.knowledge_embeddings import KNOWLEDGE_EMBEDDINGS  # noqa: E402
 from tools.models.registry import ModelHandle  # noqa: E402
 from tools.models.values import TierDecision  # noqa: E402
 from tools.observability.stats import percentile  # noqa: E402
@@ -231,7 +232,8 @@ class Index:
     fresh: bool  # False when an existing --workdir index was reused (throughput meaningless)
 
 
-def build_index(workdir: Path, data_dir: Path, *, seed: int, synthetic: int, pydocs: int) -> Index:
+def build_index(workdir: Path, data_dir: Path, *, seed: int, synthetic: int, pydocs: int,
+                embeddings: str = "mpnet") -> Index:
     """Write the distractor files, then ingest everything through ``knowledge.ingest``.
 
     The embedder is loaded and warmed before the clock starts: loading the ONNX model is a
@@ -251,7 +253,9 @@ def build_index(workdir: Path, data_dir: Path, *, seed: int, synthetic: int, pyd
         "synthetic": len(syn),
         "pydocs": len(readmes),
     }
-    store = KnowledgeStore.open(chroma_dir=workdir / "chroma", name=COLLECTION)
+    # one collection per embedding model, so a kept --workdir holds both
+    store = KnowledgeStore.open(chroma_dir=workdir / "chroma", name=f"{COLLECTION}-{embeddings}", embeddings=embeddings,
+                                model_cache=Settings().model_cache_dir)
     store.embedder.embed(["warm-up"])
     fresh = store.count() == 0
     report = ingest(paths, store, progress=False)
@@ -342,7 +346,7 @@ class PassageStats:
     gold_in_passages: float  # share of questions with a gold article among the passages
     gold_recall: float  # share of gold articles among the passages, averaged
     distinct_articles: float  # mean number of distinct articles among the passages
-    refused: float  # share of questions whose best passage is below MIN_SCORE
+    refused: float  # share of questions whose best passage is below the relevance floor
 
 
 def passage_stats(run: DenseRun, questions: Sequence[Question], k: int, mode: PassageMode, min_score: float) -> PassageStats:
@@ -585,7 +589,7 @@ def print_index(index: Index) -> None:
           f"(templates, {TEMPLATES.relative_to(ROOT)}), {index.docs['pydocs']} READMEs of installed "
           f"permissively licensed Python packages = {total} documents, {index.store.count()} chunks")
     if index.fresh:
-        print(f"Ingestion (knowledge.ingest, chunk 800/120, MiniLM int8, embedded Chroma): {r.added} docs, "
+        print(f"Ingestion (knowledge.ingest, chunk 800/120, {index.store.embedder.name}, embedded Chroma): {r.added} docs, "
               f"{r.chunks} chunks in {r.seconds:.1f} s = {r.chunks / r.seconds:.1f} chunks/s, "
               f"{r.added / r.seconds:.1f} docs/s")
     else:
@@ -656,8 +660,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--answers", type=int, default=40, help="answer a seeded sample of N questions (0: none)")
     ap.add_argument("--model", default=None, help="registry model name for answers (default: the local model)")
     ap.add_argument("--k", type=int, default=TOP_K, help="passages given to the answer model")
-    ap.add_argument("--min-score", type=float, default=MIN_SCORE)
-    ap.add_argument("--margin", type=float, default=rag.RELEVANCE_MARGIN,
+    ap.add_argument("--embeddings", choices=KNOWLEDGE_EMBEDDINGS, default="mpnet",
+                    help="the knowledge base's embedding model (default: the product's, mpnet)")
+    ap.add_argument("--min-score", type=float, default=None, help="decline below this best cosine "
+                    "(default: the embedding model's relevance floor)")
+    ap.add_argument("--margin", type=float, default=None,
                     help="passages within this much of the best one's relevance reach the model")
     ap.add_argument("--passages", choices=["chunks", "articles", "both"], default=None,
                     help="answer with raw top chunks, one chunk per article, or both (default: the agent's default)")
@@ -690,9 +697,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, questions: list[Question], workdir: Path) -> int:
-    index = build_index(workdir, args.data, seed=args.seed, synthetic=args.synthetic, pydocs=args.pydocs)
+    index = build_index(workdir, args.data, seed=args.seed, synthetic=args.synthetic, pydocs=args.pydocs,
+                        embeddings=args.embeddings)
     print_index(index)
     store = index.store
+    if args.min_score is None:
+        args.min_score = store.relevance_floor
+    if args.margin is None:
+        args.margin = store.relevance_margin
     weight = store.lexical_weight
     store.lexical_weight = 0.0  # the dense half alone
     dense = dense_search(store, questions, args.depth)
@@ -702,7 +714,7 @@ def _run(args: argparse.Namespace, questions: list[Question], workdir: Path) -> 
     agent_latency = time_queries(store, questions, args.k * rag.SCREEN_DEPTH)
     bm25 = bm25_rankings(store, questions, args.depth)
     print_retrieval({
-        "dense (MiniLM, Chroma)": ranking_metrics(dense.rankings, questions),
+        f"dense ({store.embedder.name}, Chroma)": ranking_metrics(dense.rankings, questions),
         "BM25 (stopwords dropped)": ranking_metrics(bm25, questions),
         "RRF(dense, BM25), k=60": ranking_metrics([rrf(d, b) for d, b in zip(dense.rankings, bm25, strict=True)],
                                                   questions),

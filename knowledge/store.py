@@ -1,9 +1,12 @@
 """The knowledge base: a Chroma collection of document chunks, searched by cosine similarity.
 
 Chroma runs embedded (``PersistentClient`` on a folder) by default, or as a server
-(``HttpClient``) when a URL is configured. Either way the vectors come from our offline
-MiniLM model (``tools.models.embeddings``): Chroma's default embedding function would try to
-download a model, which fails offline, so it is never allowed to run.
+(``HttpClient``) when a URL is configured. Either way the vectors come from an offline model
+(``tools.models.embeddings``: all-mpnet-base-v2 by default in the product, MiniLM when this module
+is used alone): Chroma's default embedding function would try to download a model, which fails
+offline, so it is never allowed to run. The collection records which model made its vectors (the
+name of its Chroma embedding function); opening it with another one is refused, and
+:func:`reembed_collection` moves it to a new model without losing a document.
 
 Every chunk carries ``source`` (document identity), ``file``, ``title``, ``url``, ``chunk``
 (position), ``chunks`` (total), ``section``, ``content_hash``, ``splitter`` and ``flagged`` (the
@@ -20,7 +23,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -34,17 +37,9 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Include
 
-    from tools.models.embeddings import MiniLMEmbedder
+    from tools.models.embeddings import Embedder
 
 SPACE: Final = "cosine"
-RELEVANCE_THRESHOLD = 0.30
-"""Below this top score, treat a search as "nothing relevant found".
-
-Measured on the demo help center (MiniLM int8, title-prefixed chunks): 32 paraphrased policy
-questions had top scores 0.36-0.76 (median 0.59); 10 off-topic questions 0.06-0.19. Questions
-about the store's *data* ("which artist has the most albums?") score 0.39-0.43: routing them
-to SQL is triage's job; no threshold separates them from genuine help-center questions.
-"""
 PER_SOURCE_DEPTH = 4
 """``search(per_source=True)`` reads ``k`` times this many chunks to find ``k`` distinct documents."""
 HYBRID_DEPTH = 30
@@ -136,39 +131,128 @@ def chunk_id(source: str, index: int) -> str:
     return f"{source_hash(source)}:{index}"
 
 
-def open_collection(
-    chroma_dir: Path | None = None, chroma_url: str | None = None, name: str = DEFAULT_COLLECTION
-) -> Collection:
-    """Open (or create) the collection with our embedding function and cosine space.
-
-    A server is used when ``chroma_url`` is non-empty, else a persistent folder. Telemetry is
-    off: it would phone home from an offline support tool.
-    """
+def _client(chroma_dir: Path | None, chroma_url: str | None) -> Any:
+    """A Chroma client: a server when ``chroma_url`` is non-empty, else a persistent folder.
+    Telemetry is off: it would phone home from an offline support tool."""
     import chromadb
     from chromadb.config import Settings as ChromaClientSettings
-
-    from tools.models.embeddings import ChromaEmbeddingFunction
 
     client_settings = ChromaClientSettings(anonymized_telemetry=False)
     if chroma_url:
         host, port, ssl = _parse_chroma_url(chroma_url)
         try:
-            client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=client_settings)
+            return chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=client_settings)
         except ValueError as exc:  # chromadb raises ValueError when the server is unreachable
             raise KnowledgeStoreError(f"cannot reach the Chroma server at {chroma_url}: {exc}") from exc
-    elif chroma_dir is not None:
+    if chroma_dir is not None:
         chroma_dir = Path(chroma_dir)
         chroma_dir.mkdir(parents=True, exist_ok=True)
-        client = chromadb.PersistentClient(path=str(chroma_dir), settings=client_settings)
-    else:
-        raise KnowledgeStoreError("set either chroma_dir (local folder) or chroma_url (server)")
-    collection = client.get_or_create_collection(
-        name=name,
-        embedding_function=ChromaEmbeddingFunction(),
-        configuration={"hnsw": {"space": SPACE}},
-    )
+        return chromadb.PersistentClient(path=str(chroma_dir), settings=client_settings)
+    raise KnowledgeStoreError("set either chroma_dir (local folder) or chroma_url (server)")
+
+
+def open_collection(
+    chroma_dir: Path | None = None, chroma_url: str | None = None, name: str = DEFAULT_COLLECTION,
+    embeddings: str = "minilm", embedder: Embedder | None = None,
+) -> Collection:
+    """Open (or create) the collection for ``embeddings`` vectors (a kind of
+    ``tools.models.knowledge_embeddings.KNOWLEDGE_EMBEDDINGS``), in cosine space.
+
+    A collection whose vectors another model made is refused with the way out: searching it with
+    this model's query vectors would rank by noise.
+    """
+    from tools.models.knowledge_embeddings import chroma_embedding_function
+
+    client = _client(chroma_dir, chroma_url)
+    try:
+        collection = client.get_or_create_collection(
+            name=name,
+            embedding_function=chroma_embedding_function(embeddings, embedder),
+            configuration={"hnsw": {"space": SPACE}},
+        )
+    except ValueError as exc:
+        if "conflict" not in str(exc).lower():
+            raise
+        recorded = recorded_embeddings(client.get_collection(name)) or "other"
+        raise KnowledgeStoreError(
+            f"the knowledge base {name!r} holds vectors of the {recorded!r} embeddings, but "
+            f"{embeddings!r} are configured: run `switchboard ingest --reembed` to re-embed every "
+            f"document with {embeddings!r}, or set SWITCHBOARD_KNOWLEDGE_EMBEDDINGS={recorded}"
+        ) from exc
     _check_space(collection)
     return collection
+
+
+def recorded_embeddings(collection: Collection) -> str | None:
+    """The embeddings kind a collection's vectors were made with (its Chroma function's name)."""
+    from tools.models.knowledge_embeddings import embeddings_kind_of
+
+    function = (collection.configuration_json or {}).get("embedding_function") or {}
+    return embeddings_kind_of(str(function.get("name", "")))
+
+
+def reembed_collection(
+    chroma_dir: Path | None, chroma_url: str | None, name: str, embeddings: str, embedder: Embedder,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Re-embed every chunk of collection ``name`` with ``embeddings``; returns the chunk count.
+
+    The chunks (text and metadata, as stored) are copied into ``<name>-reembed`` with new vectors;
+    only when that copy is complete is the old collection deleted and the copy renamed. A crash
+    before the delete leaves the old collection as it was (the partial copy is dropped on the
+    next run); one between the delete and the rename leaves a complete copy, which the next run
+    renames. Nothing needs the original files.
+    """
+    from tools.models.knowledge_embeddings import chroma_embedding_function
+
+    client = _client(chroma_dir, chroma_url)
+    staging = f"{name}-reembed"
+    names = {c if isinstance(c, str) else c.name for c in client.list_collections()}
+    if name not in names and staging in names:
+        copy = client.get_collection(staging)
+        copy.modify(name=name)
+        return copy.count()
+    if name not in names:
+        raise KnowledgeStoreError(f"there is no knowledge base {name!r} to re-embed")
+    current = client.get_collection(name)
+    if recorded_embeddings(current) == embeddings:
+        if staging in names:
+            client.delete_collection(staging)
+        return current.count()  # already made with this model
+    if staging in names:
+        client.delete_collection(staging)
+    old = KnowledgeStore(current)
+    total = old.count()
+    new = client.create_collection(staging, embedding_function=chroma_embedding_function(embeddings, embedder),
+                                   configuration={"hnsw": {"space": SPACE}})
+    done = 0
+    page: list[tuple[str, str, Any]] = []
+    for row in old._pages(["documents", "metadatas"]):  # noqa: SLF001 - same module
+        page.append(row)
+        if len(page) == _GET_PAGE:
+            done += _copy_embedded(new, page, embedder)
+            page = []
+            if progress:
+                progress(done, total)
+    if page:
+        done += _copy_embedded(new, page, embedder)
+    if progress:
+        progress(done, total)
+    client.delete_collection(name)
+    new.modify(name=name)
+    return done
+
+
+def _copy_embedded(collection: Collection, rows: list[tuple[str, str, Any]], embedder: Embedder) -> int:
+    texts = [embedding_text(str(meta.get("title", "")), Chunk(doc or "", str(meta.get("section", ""))))
+             for _, doc, meta in rows]
+    vectors = embedder.embed(texts)
+    batch = 256
+    for start in range(0, len(rows), batch):
+        sel = rows[start:start + batch]
+        collection.upsert(ids=[r[0] for r in sel], documents=[r[1] or "" for r in sel],
+                          metadatas=[r[2] for r in sel], embeddings=list(vectors[start:start + batch]))
+    return len(rows)
 
 
 def _parse_chroma_url(url: str) -> tuple[str, int, bool]:
@@ -201,10 +285,12 @@ class KnowledgeStore:
     """Chunks of documents in one Chroma collection, keyed by ``source``."""
 
     def __init__(
-        self, collection: Collection, embedder: MiniLMEmbedder | None = None, lexical_weight: float = LEXICAL_WEIGHT
+        self, collection: Collection, embedder: Embedder | None = None, lexical_weight: float | None = None
     ) -> None:
         self.collection = collection
         self._embedder = embedder
+        if lexical_weight is None:  # the embedding model's (its cosines set the scale BM25 is added to)
+            lexical_weight = float(getattr(embedder, "lexical_weight", LEXICAL_WEIGHT))
         self.lexical_weight = lexical_weight  # 0: dense search only
         self._lexical: _LexicalIndex | None = None
         self._lexical_lock = threading.Lock()
@@ -220,16 +306,32 @@ class KnowledgeStore:
         chroma_dir: Path | None = None,
         chroma_url: str | None = None,
         name: str = DEFAULT_COLLECTION,
+        embeddings: str = "minilm",
+        model_cache: Path | None = None,
     ) -> KnowledgeStore:
-        return cls(open_collection(chroma_dir=chroma_dir, chroma_url=chroma_url, name=name))
+        from tools.models.knowledge_embeddings import knowledge_embedder
+
+        embedder = knowledge_embedder(embeddings, model_cache)
+        return cls(open_collection(chroma_dir=chroma_dir, chroma_url=chroma_url, name=name, embeddings=embeddings,
+                                   embedder=embedder), embedder)
 
     @property
-    def embedder(self) -> MiniLMEmbedder:
+    def embedder(self) -> Embedder:
         if self._embedder is None:
             from tools.models.embeddings import get_embedder
 
             self._embedder = get_embedder()
         return self._embedder
+
+    @property
+    def relevance_floor(self) -> float:
+        """Below this best cosine a search found nothing relevant (the embedding model's)."""
+        return float(getattr(self.embedder, "relevance_floor", 0.30))
+
+    @property
+    def relevance_margin(self) -> float:
+        """How far below the best hit's relevance a passage may be and still be given (the model's)."""
+        return float(getattr(self.embedder, "relevance_margin", 0.07))
 
     def count(self) -> int:
         """Number of chunks in the collection."""
@@ -352,10 +454,9 @@ class KnowledgeStore:
     ) -> list[Hit]:
         """The ``k`` chunks that best match ``query`` (optionally filtered by metadata).
 
-        Hybrid by default: the :data:`HYBRID_DEPTH` nearest chunks by MiniLM cosine and the as
+        Hybrid by default: the :data:`HYBRID_DEPTH` nearest chunks by cosine and the as
         many best by BM25 are ranked by :func:`knowledge.lexical.fuse` (``Hit.relevance``).
-        ``Hit.score`` stays the cosine similarity in [-1, 1] (MiniLM puts unrelated text below
-        ~0.2), so "is anything relevant?" thresholds keep their meaning. A ``where`` filter, a
+        ``Hit.score`` stays the cosine similarity in [-1, 1] (see :attr:`relevance_floor`), so "is anything relevant?" thresholds keep their meaning. A ``where`` filter, a
         ``lexical_weight`` of 0 or a collection over :data:`MAX_LEXICAL_CHUNKS` searches dense only.
         ``per_source=True`` keeps only the best chunk of each document, so ``k`` hits are ``k``
         different documents (fewer if the ``k * PER_SOURCE_DEPTH`` best chunks hold fewer).
@@ -391,7 +492,7 @@ class KnowledgeStore:
         return fused[:n]
 
     def _fuse(self, query: str, vector: np.ndarray, depth: int, lexical: _LexicalIndex) -> list[Hit]:
-        """The ``depth`` best chunks by MiniLM cosine and by BM25, ranked by their fused relevance."""
+        """The ``depth`` best chunks by cosine and by BM25, ranked by their fused relevance."""
         dense = {chunk_id(h.source, h.chunk): h for h in self._query(vector, depth, None)}
         scores = lexical.bm25.scores(query)
         idx = lexical.bm25.best(scores, depth)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,11 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from knowledge.ingest import ingest, remove
     from switchboard.services import Services
 
+    if args.reembed:
+        return _reembed(settings)
+    if not args.paths:
+        print("switchboard ingest: give the files or folders to ingest (or --reembed)", file=sys.stderr)
+        return 2
     store = Services(settings).kb
     paths = [Path(p) for p in args.paths]
     if args.remove:
@@ -199,6 +205,30 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     report = ingest(paths, store, progress=sys.stderr.isatty(), prune=args.prune)
     print(report.summary())
+    return 0
+
+
+def _reembed(settings: Settings) -> int:
+    """Move the knowledge base to the configured embedding model, keeping every document."""
+    from knowledge.store import KnowledgeStoreError, reembed_collection
+    from tools.models.knowledge_embeddings import knowledge_embedder
+
+    s = settings
+    embedder = knowledge_embedder(s.knowledge_embeddings, s.model_cache_dir)
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        print(f"re-embedding {s.collection!r} with {s.knowledge_embeddings}: {done}/{total} chunks "
+              f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    try:
+        n = reembed_collection(None if s.chroma_url else s.chroma_dir, s.chroma_url or None, s.collection,
+                               s.knowledge_embeddings, embedder, progress=progress)
+    except KnowledgeStoreError as exc:
+        print(f"switchboard ingest --reembed: {exc}", file=sys.stderr)
+        return 1
+    print(f"re-embedded {n} chunk(s) of {s.collection!r} with {s.knowledge_embeddings} "
+          f"in {time.monotonic() - started:.1f} s")
     return 0
 
 
@@ -305,9 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--no-llm", action="store_true", help="never ask the LLM, even when unsure")
 
     ing = sub.add_parser("ingest", help="add files to the knowledge base")
-    ing.add_argument("paths", nargs="+")
+    ing.add_argument("paths", nargs="*")
     ing.add_argument("--prune", action="store_true", help="also remove sources whose files are gone")
     ing.add_argument("--remove", action="store_true", help="remove these sources instead")
+    ing.add_argument("--reembed", action="store_true",
+                     help="re-embed every chunk with the configured SWITCHBOARD_KNOWLEDGE_EMBEDDINGS (after a change)")
 
     demo = sub.add_parser("demo", help="answer the demo questions in the terminal")
     demo.add_argument("--json", action="store_true", help="one JSON object per question (JSON lines)")

@@ -127,6 +127,7 @@ class Services:
     @cached_property
     def triage(self) -> Triage:
         from agents.triage import Triage
+        from tools.models.knowledge_embeddings import knowledge_embedder_class
         from tools.routing.generate import load_or_train
 
         return Triage(
@@ -140,6 +141,7 @@ class Services:
             max_parts=self.settings.triage_max_parts,
             profile=self.profile,
             relevance=self.help_center_match,
+            relevance_floor=knowledge_embedder_class(self.settings.knowledge_embeddings).relevance_floor,
         )
 
     def help_center_match(self, text: str) -> float:
@@ -226,17 +228,13 @@ class Services:
     @cached_property
     def kb(self) -> KnowledgeStore:
         from knowledge.ingest import ensure_demo_ingested
-        from knowledge.store import KnowledgeStore, open_collection
+        from knowledge.store import KnowledgeStore
 
         s = self.settings
         s.ensure_dirs()
-        store = KnowledgeStore(
-            open_collection(
-                chroma_dir=None if s.chroma_url else s.chroma_dir,
-                chroma_url=s.chroma_url or None,
-                name=s.collection,
-            )
-        )
+        store = KnowledgeStore.open(chroma_dir=None if s.chroma_url else s.chroma_dir, chroma_url=s.chroma_url or None,
+                                    name=s.collection, embeddings=s.knowledge_embeddings,
+                                    model_cache=s.model_cache_dir)
         report = ensure_demo_ingested(store, s.helpcenter_dir)
         self.kb_report = report.summary()
         log.info("help center %s: %s", s.helpcenter_dir, self.kb_report)

@@ -94,7 +94,11 @@ class Settings(BaseSettings):
     chroma_url: str = ""
     collection: str = "helpcenter"
     helpcenter_dir: Path = REPO_ROOT / "knowledge" / "helpcenter"
-    # Where the assembled local GGUF is cached (defaults to ~/.cache/switchboard/models).
+    # The knowledge base's embedding model: all-mpnet-base-v2 (8-bit ONNX, built once into
+    # model_cache_dir from the knowledge-model wheels) or the lighter MiniLM. A collection keeps
+    # the model it was made with: switching needs `switchboard ingest --reembed`.
+    knowledge_embeddings: Literal["mpnet", "minilm"] = "mpnet"
+    # Where the assembled local GGUF (and the built embedding graph) is cached (defaults to ~/.cache/switchboard/models).
     model_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "switchboard" / "models")
     # Path to any GGUF: overrides the packaged Qwen2.5-Coder-1.5B-Instruct.
     local_gguf: Path | None = None

