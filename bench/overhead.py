@@ -46,6 +46,7 @@ if sys.path[0] != str(ROOT):  # run as a script; ahead of site-packages, which h
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # Chroma: no telemetry calls from a benchmark
 
 from bench.common import finish_run, machine_load  # noqa: E402
+from bench.overhead_parts import stack  # noqa: E402
 from bench.overhead_parts.llm_calls import figure2, print_figure2  # noqa: E402
 from bench.overhead_parts.per_turn import figure1, print_figure1  # noqa: E402
 from bench.overhead_parts.profiling import profile_turns  # noqa: E402
@@ -56,12 +57,15 @@ from switchboard.services import Services  # noqa: E402
 
 # --- main ----------------------------------------------------------------------------------------
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    stack.KNOWLEDGE_EMBEDDINGS[0] = args.knowledge_embeddings
     data_dir = Path(tempfile.mkdtemp(prefix="sb-overhead-"))
-    figures: dict[str, Any] = {"machine": machine_load(), "data_dir": str(data_dir)}
+    figures: dict[str, Any] = {"machine": machine_load(), "data_dir": str(data_dir),
+                               "knowledge_embeddings": args.knowledge_embeddings}
     try:
         services = Services(bench_settings(data_dir))
         setup = await warm_up(services)
-        print(f"setup (classifier, knowledge-base ingest, database): {setup:.1f} s; {machine_load()}")
+        print(f"setup (classifier, knowledge-base ingest, database): {setup:.1f} s; {machine_load()}; "
+              f"knowledge embeddings: {args.knowledge_embeddings}")
         if 1 in args.figures:
             figures["overhead"] = await figure1(services, data_dir, args.turns, args.conversations)
             print_figure1(figures["overhead"])
@@ -93,6 +97,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--figures", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     ap.add_argument("--profile", type=int, nargs="?", const=100, default=0, metavar="TURNS",
                     help="also print a cProfile of TURNS sequential turns (default 100)")
+    ap.add_argument("--knowledge-embeddings", choices=["mpnet", "minilm"], default="mpnet",
+                    help="the knowledge base's embedding model (default: the product's, mpnet)")
     ap.add_argument("--json", type=Path, help="write all figures to this file")
     args = ap.parse_args(argv)
     args.turns = args.turns or (60 if args.quick else 200)

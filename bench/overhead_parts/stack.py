@@ -28,6 +28,11 @@ IMAGE = ROOT / "tests" / "fixtures" / "images" / "chinook_invoice_98.png"
 
 
 # --- settings: one fake model that can do everything, no response cache -------------------------
+KNOWLEDGE_EMBEDDINGS = ["mpnet"]
+"""The knowledge base's embedding model for every figure (``--knowledge-embeddings``): the
+product's default, or MiniLM to compare with figures measured before MPNet was the default."""
+
+
 def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a run: the product's routes, policies and Chinook database, a registry with
     a single vision-capable fake model (so no tier routing and no OCR), the response cache off.
@@ -49,6 +54,7 @@ def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
         routes_file=REPO_ROOT / "switchboard" / "config" / "routes.yaml", record_mode="off",
         routing_policy="balanced", triage_use_llm=True, budget_conversation_usd=None, budget_day_usd=None,
         review_cost_usd=None, validate_agents=[], triage_voters=[], otel_exporter="off",
+        knowledge_embeddings=KNOWLEDGE_EMBEDDINGS[0],
     )
     base.update(overrides)
     return Settings(**base)
