@@ -194,8 +194,9 @@ def recorded_embeddings(collection: Collection) -> str | None:
 def reembed_collection(
     chroma_dir: Path | None, chroma_url: str | None, name: str, embeddings: str, embedder: Embedder,
     progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Re-embed every chunk of collection ``name`` with ``embeddings``; returns the chunk count.
+) -> tuple[int, bool]:
+    """Re-embed every chunk of collection ``name`` with ``embeddings``; returns the chunk count and
+    whether anything was re-embedded (False: the collection already holds ``embeddings`` vectors).
 
     The chunks (text and metadata, as stored) are copied into ``<name>-reembed`` with new vectors;
     only when that copy is complete is the old collection deleted and the copy renamed. A crash
@@ -211,14 +212,14 @@ def reembed_collection(
     if name not in names and staging in names:
         copy = client.get_collection(staging)
         copy.modify(name=name)
-        return copy.count()
+        return copy.count(), True
     if name not in names:
         raise KnowledgeStoreError(f"there is no knowledge base {name!r} to re-embed")
     current = client.get_collection(name)
     if recorded_embeddings(current) == embeddings:
         if staging in names:
             client.delete_collection(staging)
-        return current.count()  # already made with this model
+        return current.count(), False  # already made with this model
     if staging in names:
         client.delete_collection(staging)
     old = KnowledgeStore(current)
@@ -240,7 +241,7 @@ def reembed_collection(
         progress(done, total)
     client.delete_collection(name)
     new.modify(name=name)
-    return done
+    return done, True
 
 
 def _copy_embedded(collection: Collection, rows: list[tuple[str, str, Any]], embedder: Embedder) -> int:

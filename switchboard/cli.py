@@ -222,11 +222,14 @@ def _reembed(settings: Settings) -> int:
               f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
 
     try:
-        n = reembed_collection(None if s.chroma_url else s.chroma_dir, s.chroma_url or None, s.collection,
-                               s.knowledge_embeddings, embedder, progress=progress)
+        n, changed = reembed_collection(None if s.chroma_url else s.chroma_dir, s.chroma_url or None, s.collection,
+                                        s.knowledge_embeddings, embedder, progress=progress)
     except KnowledgeStoreError as exc:
         print(f"switchboard ingest --reembed: {exc}", file=sys.stderr)
         return 1
+    if not changed:
+        print(f"{s.collection!r} already holds {s.knowledge_embeddings} vectors ({n} chunk(s)): nothing to do")
+        return 0
     print(f"re-embedded {n} chunk(s) of {s.collection!r} with {s.knowledge_embeddings} "
           f"in {time.monotonic() - started:.1f} s")
     return 0

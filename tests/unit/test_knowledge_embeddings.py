@@ -150,7 +150,7 @@ def test_reembed_moves_every_chunk_to_the_new_model(tmp_path: Path) -> None:
     new_embedder = FakeEmbedder(16)
     seen: list[tuple[int, int]] = []
     assert reembed_collection(tmp_path, None, "kb-test", "mpnet", new_embedder,
-                              progress=lambda done, total: seen.append((done, total))) == 6
+                              progress=lambda done, total: seen.append((done, total))) == (6, True)
     assert new_embedder.calls == 6 and seen[-1] == (6, 6)
     store = _store(tmp_path, "mpnet", new_embedder)
     assert {cid: meta for cid, _, meta in store._pages(["metadatas"])} == before  # noqa: SLF001
@@ -160,7 +160,7 @@ def test_reembed_moves_every_chunk_to_the_new_model(tmp_path: Path) -> None:
         _store(tmp_path, "minilm", FakeEmbedder(8))
     # asked again, nothing to do
     calls = new_embedder.calls
-    assert reembed_collection(tmp_path, None, "kb-test", "mpnet", new_embedder) == 6
+    assert reembed_collection(tmp_path, None, "kb-test", "mpnet", new_embedder) == (6, False)
     assert new_embedder.calls == calls
 
 
@@ -174,7 +174,7 @@ def test_a_reembed_that_died_after_dropping_the_old_collection_is_finished(tmp_p
     copy = client.create_collection("kb-test-reembed", embedding_function=chroma_embedding_function("mpnet"),
                                     configuration={"hnsw": {"space": "cosine"}})
     copy.add(ids=["a"], documents=["x"], metadatas=[{"source": "s", "chunk": 0}], embeddings=[[1.0, 0.0]])
-    assert reembed_collection(tmp_path, None, "kb-test", "mpnet", FakeEmbedder(2)) == 1
+    assert reembed_collection(tmp_path, None, "kb-test", "mpnet", FakeEmbedder(2)) == (1, True)
     assert {c.name for c in client.list_collections()} == {"kb-test"}
 
 
@@ -205,6 +205,7 @@ def test_the_cli_reembeds_the_knowledge_base(tmp_path: Path) -> None:
     moved = cli("--reembed", kind="mpnet")
     assert moved.returncode == 0, moved.stderr
     assert "re-embedded 2 chunk(s)" in moved.stdout
+    assert "nothing to do" in cli("--reembed", kind="mpnet").stdout
     again = cli(str(docs), kind="mpnet")
     assert again.returncode == 0, again.stderr
     assert "unchanged" in again.stdout or "0 added" in again.stdout, again.stdout
