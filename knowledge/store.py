@@ -215,45 +215,27 @@ def reembed_collection(
         return copy.count(), True
     if name not in names:
         raise KnowledgeStoreError(f"there is no knowledge base {name!r} to re-embed")
+    if staging in names:  # a copy an earlier run left unfinished (the old collection still exists)
+        client.delete_collection(staging)
     current = client.get_collection(name)
     if recorded_embeddings(current) == embeddings:
-        if staging in names:
-            client.delete_collection(staging)
         return current.count(), False  # already made with this model
-    if staging in names:
-        client.delete_collection(staging)
     old = KnowledgeStore(current)
     total = old.count()
-    new = client.create_collection(staging, embedding_function=chroma_embedding_function(embeddings, embedder),
-                                   configuration={"hnsw": {"space": SPACE}})
+    new = KnowledgeStore(client.create_collection(
+        staging, embedding_function=chroma_embedding_function(embeddings, embedder),
+        configuration={"hnsw": {"space": SPACE}}), embedder)
     done = 0
-    page: list[tuple[str, str, Any]] = []
-    for row in old._pages(["documents", "metadatas"]):  # noqa: SLF001 - same module
-        page.append(row)
-        if len(page) == _GET_PAGE:
-            done += _copy_embedded(new, page, embedder)
-            page = []
-            if progress:
-                progress(done, total)
-    if page:
-        done += _copy_embedded(new, page, embedder)
-    if progress:
-        progress(done, total)
+    for page in old._page_lists(["documents", "metadatas"]):  # noqa: SLF001 - same module
+        ids, docs, metas = zip(*page, strict=True)
+        vectors = embedder.embed([stored_embedding_text(doc, meta) for _, doc, meta in page])
+        new._upsert(ids, [doc or "" for doc in docs], metas, list(vectors))  # noqa: SLF001 - same module
+        done += len(page)
+        if progress:
+            progress(done, total)
     client.delete_collection(name)
-    new.modify(name=name)
+    new.collection.modify(name=name)
     return done, True
-
-
-def _copy_embedded(collection: Collection, rows: list[tuple[str, str, Any]], embedder: Embedder) -> int:
-    texts = [embedding_text(str(meta.get("title", "")), Chunk(doc or "", str(meta.get("section", ""))))
-             for _, doc, meta in rows]
-    vectors = embedder.embed(texts)
-    batch = 256
-    for start in range(0, len(rows), batch):
-        sel = rows[start:start + batch]
-        collection.upsert(ids=[r[0] for r in sel], documents=[r[1] or "" for r in sel],
-                          metadatas=[r[2] for r in sel], embeddings=list(vectors[start:start + batch]))
-    return len(rows)
 
 
 def _parse_chroma_url(url: str) -> tuple[str, int, bool]:
@@ -365,18 +347,25 @@ class KnowledgeStore:
         if forget is not None:
             forget()
 
-    def _pages(self, include: Include, where: dict[str, Any] | None = None) -> Iterator[tuple[str, str, Any]]:
-        """(id, document, metadata) of every chunk matching ``where``, read :data:`_GET_PAGE` at a time."""
+    def _page_lists(self, include: Include, where: dict[str, Any] | None = None
+                    ) -> Iterator[list[tuple[str, str, Any]]]:
+        """(id, document, metadata) of every chunk matching ``where``, one list per :data:`_GET_PAGE` read."""
         offset = 0
         while True:
             page = self.collection.get(where=where, include=include, limit=_GET_PAGE, offset=offset)
             ids = page["ids"]
             docs = page["documents"] or [""] * len(ids)
             metas = page["metadatas"] or [{}] * len(ids)
-            yield from zip(ids, docs, metas, strict=True)
+            if ids:
+                yield list(zip(ids, docs, metas, strict=True))
             if len(ids) < _GET_PAGE:
                 return
             offset += _GET_PAGE
+
+    def _pages(self, include: Include, where: dict[str, Any] | None = None) -> Iterator[tuple[str, str, Any]]:
+        """(id, document, metadata) of every chunk matching ``where``, read :data:`_GET_PAGE` at a time."""
+        for page in self._page_lists(include, where):
+            yield from page
 
     def sources(self) -> dict[str, SourceInfo]:
         """Every indexed document, read from the chunk-0 markers (one metadata row each)."""
@@ -430,15 +419,8 @@ class KnowledgeStore:
         metadatas = [{**base, "chunk": i, "section": c.section} for i, c in enumerate(chunks)]
         embeddings = self.embedder.embed([embedding_text(title, c) for c in chunks])
         order = list(range(1, len(chunks))) + [0]
-        batch = max(1, min(self._max_batch(), 256))
-        for start in range(0, len(order), batch):
-            sel = order[start : start + batch]
-            self.collection.upsert(
-                ids=[ids[i] for i in sel],
-                documents=[chunks[i].text for i in sel],
-                metadatas=[metadatas[i] for i in sel],
-                embeddings=[embeddings[i] for i in sel],
-            )
+        self._upsert([ids[i] for i in order], [chunks[i].text for i in order], [metadatas[i] for i in order],
+                     [embeddings[i] for i in order])
         self._wrote()
         return len(chunks)
 
@@ -528,8 +510,7 @@ class KnowledgeStore:
 
     def embedded_chunks(self) -> list[tuple[str, str, str]]:
         """(id, source, text as it was embedded: title, section, text) of every chunk, page by page."""
-        return [(cid, str(meta.get("source", "")),
-                 embedding_text(str(meta.get("title", "")), Chunk(doc or "", str(meta.get("section", "")))))
+        return [(cid, str(meta.get("source", "")), stored_embedding_text(doc, meta))
                 for cid, doc, meta in self._pages(["documents", "metadatas"])]
 
     def _build_lexical(self) -> _LexicalIndex:
@@ -552,6 +533,15 @@ class KnowledgeStore:
         metas = (result["metadatas"] or [[]])[0]
         dists = (result["distances"] or [[]])[0]
         return [_hit(doc, meta, 1.0 - float(dist)) for doc, meta, dist in zip(docs, metas, dists, strict=True)]
+
+    def _upsert(self, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[Any],
+                embeddings: Sequence[np.ndarray]) -> None:
+        """Write rows in order, as many per request as the Chroma client takes (at most 256)."""
+        batch = max(1, min(self._max_batch(), 256))
+        for start in range(0, len(ids), batch):
+            end = start + batch
+            self.collection.upsert(ids=list(ids[start:end]), documents=list(documents[start:end]),
+                                   metadatas=list(metadatas[start:end]), embeddings=list(embeddings[start:end]))
 
     def _max_batch(self) -> int:
         try:
@@ -585,6 +575,11 @@ def embedding_text(title: str, chunk: Chunk) -> str:
     heading = " > ".join(part for part in (title, chunk.section) if part)
     body = _WS.sub(" ", chunk.text).strip()
     return f"{heading}\n{body}" if heading else body
+
+
+def stored_embedding_text(doc: str | None, meta: Any) -> str:
+    """:func:`embedding_text` of a chunk as the collection stores it (document and metadata)."""
+    return embedding_text(str(meta.get("title", "")), Chunk(doc or "", str(meta.get("section", ""))))
 
 
 def _hit(doc: str | None, meta: Any, cosine: float) -> Hit:
