@@ -1,12 +1,14 @@
 """The support graph. Where a request goes, in order:
 
     START -> triage -> one Send per ready subtask -> sql | rag | vision | general
-          -> join -> (more Sends for subtasks that waited on others) -> synthesize -> remember -> END
+          -> synthesize (more Sends for subtasks that waited on others, else the answer) -> END
 
 Triage splits the turn and routes each part (classifier first, an LLM only when unsure).
 Specialists run in parallel and append to ``results``; a subtask that depends on another (SQL
-checking what vision read) is sent once its dependency is done. Synthesis joins the answers and
-``remember`` updates the bounded conversation summary that the next turn's handoffs carry.
+checking what vision read) is sent once its dependency is done. ``synthesize`` joins the answers,
+updates the bounded conversation summary that the next turn's handoffs carry and writes the turn's
+audit record, in one step: every step of a turn is a checkpoint write, and on 2 cores each costs
+about a millisecond of CPU (``bench/overhead.py``).
 Specialists live in ``agents/``, synthesis in ``graphs/synthesis.py``; this file is wiring only.
 """
 
@@ -17,14 +19,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Overwrite, Send
+from langgraph.types import Command, Overwrite, Send
 
 from agents.contract import Handoff, Specialist
 from agents.deps import AgentServices
@@ -117,12 +119,23 @@ def build_support_graph(
             "ledger": Overwrite([e.as_dict() for e in decision.ledger]),
         }
 
-    async def compose_answer(state: SupportState) -> dict[str, Any]:
-        return await synthesize(state, labels)
+    def sends(state: SupportState, runtime: Runtime[Context]) -> list[Send]:
+        """A specialist's run for each subtask not done whose dependencies are."""
+        policy = (runtime.context.policy if runtime.context else None) or settings.default_policy
+        return [Send(s["agent"], _handoff(state, s, policy)) for s in _ready(state)]
 
-    async def remember_turn(state: SupportState, config: RunnableConfig) -> dict[str, Any]:
-        """Update the conversation summary, then write the turn's audit record (idempotent)."""
-        update = remember(state, max_chars=settings.summary_max_chars)
+    def dispatch(state: SupportState, runtime: Runtime[Context]) -> list[Send] | str:
+        return sends(state, runtime) or "synthesize"
+
+    async def finish(state: SupportState, runtime: Runtime[Context], config: RunnableConfig) -> dict[str, Any] | Command[str]:
+        """Once every branch of a step is in: send the subtasks that waited on them, or, when none
+        is left, compose the answer, update the conversation summary and write the turn's audit
+        record (idempotent: a turn finished again after a crash is recorded once)."""
+        if more := sends(state, runtime):
+            return Command(goto=more)
+        update = await synthesize(state, labels)
+        answered = cast(SupportState, {**state, **update})
+        update.update(remember(answered, max_chars=settings.summary_max_chars))
         meta = state.get("turn_meta") or {}
         record = build_turn_record(dict(state), _thread_id(config), meta.get("turn_index", 0))
         try:
@@ -131,39 +144,29 @@ def build_support_graph(
             log.exception("audit: could not record turn %s", record.turn_id)
         return update
 
-    def dispatch(state: SupportState, runtime: Runtime[Context]) -> list[Send] | str:
-        done = {r["subtask_id"] for r in state.get("results") or []}
-        ready = [
-            s for s in state.get("subtasks") or []
-            if s["id"] not in done and all(d in done for d in s["depends_on"])
-        ]
-        if not ready:
-            return "synthesize"
-        policy = (runtime.context.policy if runtime.context else None) or settings.default_policy
-        return [Send(s["agent"], _handoff(state, s, policy)) for s in ready]
-
     builder = StateGraph(SupportState, context_schema=Context)
     traced = telemetry.traced  # each node's runs are spans under the turn's span (tools/observability/telemetry.py)
     builder.add_node("triage", traced("triage", triage))
     checked = Validator(services).wrap  # answers of configured agents are validated against evidence
     for cls in specialists:
         builder.add_node(cls.name, traced(cls.name, checked(cls.name, cls(services))))
-    builder.add_node("join", traced("join", _join))
-    builder.add_node("synthesize", traced("synthesize", compose_answer))
-    builder.add_node("remember", traced("remember", remember_turn, ends_turn=True))
+    # the turn ends with the node's answer; a Command sends more work first
+    builder.add_node("synthesize", traced("synthesize", finish, ends_turn=lambda out: not isinstance(out, Command)),
+                     destinations=(*names, END))
 
     builder.add_edge(START, "triage")
     builder.add_conditional_edges("triage", dispatch, [*names, "synthesize"])
     for name in names:
-        builder.add_edge(name, "join")
-    builder.add_conditional_edges("join", dispatch, [*names, "synthesize"])
-    builder.add_edge("synthesize", "remember")
-    builder.add_edge("remember", END)
+        builder.add_edge(name, "synthesize")
+    builder.add_edge("synthesize", END)
     return builder.compile(checkpointer=checkpointer)
 
 
-def _join(state: SupportState) -> dict[str, Any]:
-    return {}
+def _ready(state: SupportState) -> list[dict[str, Any]]:
+    """The turn's subtasks not done whose dependencies are."""
+    done = {r["subtask_id"] for r in state.get("results") or []}
+    return [s for s in state.get("subtasks") or []
+            if s["id"] not in done and all(d in done for d in s["depends_on"])]
 
 
 def _thread_id(config: RunnableConfig) -> str:

@@ -370,7 +370,7 @@ class RecoveryGuard:
                                   "messages": [AIMessage(content=text, id=meta.get("answer_id"))],
                                   **remember(cast(SupportState, state),  # the checkpointed values
                                              max_chars=self.services.settings.summary_max_chars)}
-        await self.graph.aupdate_state(_config(thread_id), update, as_node="remember")
+        await self.graph.aupdate_state(_config(thread_id), update, as_node="synthesize")
         if meta:
             record = build_turn_record(state, thread_id, meta.get("turn_index", 0))
             try:

@@ -27,7 +27,7 @@ def test_graph_wiring_matches_the_committed_drawing(make_settings):
     assert SNAPSHOT.exists(), f"{SNAPSHOT} is missing: write it with SWITCHBOARD_UPDATE_SNAPSHOT=1 and commit it"
     assert drawing == SNAPSHOT.read_text(), \
         "graph wiring changed: rerun with SWITCHBOARD_UPDATE_SNAPSHOT=1, review tests/graph/support_graph.mmd, commit"
-    for node in ("triage", "sql", "rag", "vision", "general", "join", "synthesize", "remember"):
+    for node in ("triage", "sql", "rag", "vision", "general", "synthesize"):
         assert node in drawing
 
 

@@ -32,7 +32,7 @@ from tools.models.recording import MissingRecording
 from tools.observability import metrics, telemetry
 
 TWO_PARTS = "How many customers do we have, and what is your refund policy?"
-NODES = {"triage", "sql", "rag", "vision", "general", "join", "synthesize", "remember"}
+NODES = {"triage", "sql", "rag", "vision", "general", "synthesize"}
 
 
 @pytest.fixture
@@ -94,12 +94,12 @@ async def test_a_two_part_turn_is_one_trace_turn_nodes_and_model_calls(make_sett
     assert {s.context.trace_id for s in finished} == {root.context.trace_id}
 
     nodes = sorted(children(finished, root), key=lambda s: s.start_time)
-    assert [n.name for n in nodes][0] == "triage" and [n.name for n in nodes][-3:] == ["join", "synthesize", "remember"]
-    assert sorted(n.name for n in nodes) == sorted(["triage", "sql", "rag", "join", "synthesize", "remember"]), outline
+    assert [n.name for n in nodes][0] == "triage" and [n.name for n in nodes][-1] == "synthesize"
+    assert sorted(n.name for n in nodes) == sorted(["triage", "sql", "rag", "synthesize"]), outline
     assert all(n.attributes["langgraph.node"] == n.name for n in nodes)
     by_name = {n.name: n for n in nodes}
     assert by_name["triage"].end_time <= min(by_name["sql"].start_time, by_name["rag"].start_time)
-    assert by_name["remember"].end_time <= root.end_time
+    assert by_name["synthesize"].end_time <= root.end_time
 
     chats = [s for s in finished if s.name.startswith("chat ")]
     assert len(chats) == len(turn.ledger) == 2                     # one span per model call
@@ -119,7 +119,7 @@ async def test_a_two_part_turn_is_one_trace_turn_nodes_and_model_calls(make_sett
         assert chat.kind == SpanKind.INTERNAL                      # the local model runs in-process
         entry = next(e for e in turn.ledger if e["agent"] == agent)
         assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (entry["tokens_in"], entry["tokens_out"])
-    for name in ("triage", "join", "synthesize", "remember"):
+    for name in ("triage", "synthesize"):
         assert children(finished, by_name[name]) == []              # no model call for these on the local default
 
     # no text of the conversation is recorded
@@ -147,7 +147,33 @@ async def test_concurrent_turns_get_separate_traces(make_settings, spans):
     assert len({t.context.trace_id for t in turns}) == 2
     for t in turns:
         assert sorted(c.name for c in children(finished, t)) == sorted(
-            ["triage", "sql", "rag", "join", "synthesize", "remember"]), tree(finished)
+            ["triage", "sql", "rag", "synthesize"]), tree(finished)
+
+
+async def test_a_subtask_that_waits_on_another_runs_after_it_in_the_same_turn(make_settings, spans):
+    """``synthesize`` first sends the subtask whose dependency is now done, then answers: two
+    runs of it, one turn span, and the turn ends only with the answer."""
+    from agents.contract import Subtask
+    from agents.triage import TriageDecision
+
+    sb = board(make_settings(cache_ttl_s=0))
+    first = Subtask(id="t1", agent="general", task="Hi there", route="chitchat", confidence=1.0, reason="test",
+                    extract_only=True)
+    second = Subtask(id="t2", agent="sql", task="How many customers do we have?", route="data", confidence=1.0,
+                     reason="test", depends_on=["t1"])
+
+    async def decide(question, **_):  # noqa: ANN001, ANN202 - Triage.decide's signature
+        return TriageDecision(subtasks=[first, second], llm_calls=0, ledger=[], clauses=[question])
+
+    sb.services.triage.decide = decide
+    turn = await sb.ask("Hi there. How many customers do we have?", thread_id="otel-dep")
+    assert [r["subtask_id"] for r in turn.results] == ["t1", "t2"]
+    assert "59" in turn.answer
+    finished = list(spans.get_finished_spans())
+    (root,) = [s for s in finished if s.name == "switchboard.turn"]
+    nodes = [n.name for n in sorted(children(finished, root), key=lambda s: s.start_time)]
+    assert nodes == ["triage", "general", "synthesize", "sql", "synthesize"], tree(finished)
+    assert root.end_time >= max(s.end_time for s in children(finished, root))
 
 
 async def test_a_turn_that_raises_ends_its_span_as_an_error_and_counts_it(make_settings, spans):

@@ -128,17 +128,17 @@ async def test_a_door_that_showed_the_failure_closes_the_turn_through_the_same_g
     assert runs == [1] and "stopped part-way again" in closed
 
 
-class DiesBeforeRemember(InMemorySaver):
-    """A checkpointer in a process that dies right after ``synthesize`` finished: that node's
-    writes are saved (pending writes), the checkpoint that schedules ``remember`` is not. Found by
-    the cluster test (tests/integration/test_cluster.py), where a replica was killed in that window.
+class DiesBeforeSynthesize(InMemorySaver):
+    """A checkpointer in a process that dies right after a specialist finished: that node's writes
+    are saved (pending writes), the checkpoint that schedules ``synthesize`` is not. Found by the
+    cluster test (tests/integration/test_cluster.py), where a replica was killed in that window.
     LangGraph saves checkpoints in the background while the next step runs, so the test also holds
-    ``remember`` back (its audit write waits) until the failed save has ended the run."""
+    ``synthesize`` back (its audit write waits) until the failed save has ended the run."""
 
     armed = True
 
     async def aput(self, config, checkpoint, metadata, new_versions):  # noqa: ANN001 - LangGraph's signature
-        if self.armed and "branch:to:remember" in checkpoint["channel_versions"]:
+        if self.armed and "branch:to:synthesize" in checkpoint["channel_versions"]:
             self.armed = False
             raise ConnectionError("the process is gone")
         return await super().aput(config, checkpoint, metadata, new_versions)
@@ -146,7 +146,7 @@ class DiesBeforeRemember(InMemorySaver):
 
 async def test_a_turn_cut_off_after_a_step_finished_is_not_taken_for_done(make_settings, monkeypatch):
     services, _ = scripted_services(make_settings(cache_ttl_s=0))
-    saver = DiesBeforeRemember()
+    saver = DiesBeforeSynthesize()
     board = Switchboard(build_support_graph(services=services, checkpointer=saver), services)
     record_turn, released = services.audit.record_turn, threading.Event()
 
@@ -161,7 +161,7 @@ async def test_a_turn_cut_off_after_a_step_finished_is_not_taken_for_done(make_s
         await board.ask("How many customers do we have?", thread_id="late")
     released.set()
     head = await board.graph.aget_state({"configurable": {"thread_id": "late"}})
-    assert not saver.armed and head.next == () and head.tasks  # looks answered, but remember never ran
+    assert not saver.armed and head.next == () and head.tasks  # looks answered, but synthesize never ran
     assert board.services.audit.turns(thread="late") == []
     assert await board.unfinished("late")
 

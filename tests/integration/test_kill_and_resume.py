@@ -104,7 +104,7 @@ async def test_a_turn_killed_between_specialists_resumes_without_rerunning_or_du
     assert sql_before["ok"] and sql_before["answer"] == "We have 59 customers."
     [sql_call_before] = before["done"]["sql"]["ledger"]
     assert ledger_rows(settings) == [("sql", sql_before["subtask_id"])]  # RAG's call never completed
-    assert Services(settings).audit.turns(thread=THREAD) == []  # written by `remember` only
+    assert Services(settings).audit.turns(thread=THREAD) == []  # written by `synthesize` only
 
     # 2. a new process on the same data: recover the turn
     try:
@@ -131,7 +131,7 @@ async def test_a_turn_killed_between_specialists_resumes_without_rerunning_or_du
              for pid in (first_pid, resume_pid)}
     ended = [e["node"] for e in log if e["pid"] == first_pid and e["event"] == "node-end"]
     assert sorted(nodes[first_pid]) == ["rag", "sql", "triage"] and sorted(ended) == ["sql", "triage"]
-    assert nodes[resume_pid] == ["rag", "join", "synthesize", "remember"]
+    assert nodes[resume_pid] == ["rag", "synthesize"]
     calls = Counter((e["agent"], "first" if e["pid"] == first_pid else "resume") for e in log if e["event"] == "call")
     assert calls == {("sql", "first"): 1, ("rag", "first"): 1, ("rag", "resume"): 1}
 
@@ -155,7 +155,7 @@ async def test_a_turn_killed_between_specialists_resumes_without_rerunning_or_du
         graph = build_support_graph(services=Services(settings), checkpointer=saver)
         after = await checkpointed(graph)
     assert after["next"] == () and [m.type for m in after["values"]["messages"]] == ["human", "ai"]
-    assert [t["agents"] for t in after["values"]["turns"]] == [["rag", "sql"]]  # sorted by `remember`
+    assert [t["agents"] for t in after["values"]["turns"]] == [["rag", "sql"]]  # sorted by `synthesize`
 
     print(f"\nmeasured: 1 turn killed between specialists (sql checkpointed, rag mid-call); "
           f"re-run on recovery: nodes {nodes[resume_pid]}, model calls sql=0 rag=1; "

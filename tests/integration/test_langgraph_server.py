@@ -123,7 +123,7 @@ def test_the_module_level_graph_has_no_checkpointer() -> None:
     from switchboard.langgraph_app import graph
 
     assert graph.checkpointer is None
-    assert set(graph.get_graph().nodes) >= {"triage", "sql", "rag", "vision", "general", "synthesize", "remember"}
+    assert set(graph.get_graph().nodes) >= {"triage", "sql", "rag", "vision", "general", "synthesize"}
 
 
 REFUND_QUESTION = "What's your refund policy?"

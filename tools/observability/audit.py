@@ -1,6 +1,6 @@
 """The audit trail: one decision record per turn, one row per model call, user feedback.
 
-Written once per turn by the graph's ``remember`` step from what the turn put in its state
+Written once per turn by the graph's ``synthesize`` step from what the turn put in its state
 (triage decisions, tier choices, escalations, the ledger of model calls), so it describes what
 actually ran. The turn id is derived from the thread and the turn's position in it, and the
 write is idempotent: a turn resumed after a crash records itself once, never twice.

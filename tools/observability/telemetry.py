@@ -8,9 +8,7 @@ A two-part turn is one trace::
     │   └── chat <model>              (GenAI attributes: model, operation, token usage, cost, cached)
     ├── rag
     │   └── chat <model>
-    ├── join
-    ├── synthesize
-    └── remember
+    └── synthesize
 
 **Off by default, and then free**: spans go to OpenTelemetry's global tracer provider, which is
 a no-op unless the host process installed one (then Switchboard's spans join its traces).
@@ -21,8 +19,8 @@ OTLP/HTTP to ``SWITCHBOARD_OTEL_ENDPOINT`` or, when that is empty, to the standa
 it); tests swap in their own provider with :func:`use_tracer_provider`.
 
 **The turn span** is opened by the graph itself, so every door (CLI, Python API, HTTP server,
-Chainlit, LangGraph server) gets it: the first node of a run starts it, ``remember`` ends it, and
-a node that raises ends it as failed. LangGraph runs each node in its own task, so the nodes of
+Chainlit, LangGraph server) gets it: the first node of a run starts it, ``synthesize`` ends it
+with the answer, and a node that raises ends it as failed. LangGraph runs each node in its own task, so the nodes of
 one run find their turn by the run's ``RunControl`` (one per ``invoke``/``stream`` call) and the
 namespace of the subgraph they run in. The turn also feeds the turn metrics (count, errors,
 latency) in :mod:`tools.observability.metrics`.
@@ -225,18 +223,20 @@ def _finish(turn: _Turn, *, error: BaseException | None, cancelled: bool = False
 # --- graph nodes -----------------------------------------------------------------------------
 
 
-def traced(name: str, fn: Callable[..., Any], *, ends_turn: bool = False) -> Callable[..., Any]:
+def traced(name: str, fn: Callable[..., Any], *,
+           ends_turn: bool | Callable[[Any], bool] = False) -> Callable[..., Any]:
     """``fn`` as a graph node whose every run is a span ``name`` under the turn span.
 
     The wrapper keeps what LangGraph reads from a node: sync or async, and the signature and
     type hints (the first parameter's type is the node's input schema; ``runtime``/``config``
     parameters are injected by name). A callable object is wrapped through its ``__call__``.
-    ``ends_turn`` marks the last node of a turn (``remember``)."""
+    ``ends_turn`` marks the last node of a turn: ``True``, or a test of the node's output (the
+    support graph's ``synthesize`` ends the turn unless it sends more work first)."""
     # (the ignore: mypy reports ``Callable.__call__`` as "not callable", a mypy quirk)
     target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial) else fn.__call__  # type: ignore[operator]
 
     @contextmanager
-    def node_run(args: tuple[Any, ...]) -> Iterator[None]:
+    def node_run(args: tuple[Any, ...], out: list[Any]) -> Iterator[None]:
         turn, token = _open_turn(), None
         try:
             token = _current_turn.set(turn)
@@ -248,19 +248,23 @@ def traced(name: str, fn: Callable[..., Any], *, ends_turn: bool = False) -> Cal
         finally:
             if token is not None:
                 _current_turn.reset(token)
-        if ends_turn and turn is not None:
+        if turn is not None and (ends_turn(out[0]) if callable(ends_turn) else ends_turn):
             _finish(turn, error=None)
 
     if inspect.iscoroutinefunction(target):
         @functools.wraps(target)
         async def node(*args, **kwargs):
-            with node_run(args):
-                return await target(*args, **kwargs)
+            out = []
+            with node_run(args, out):
+                out.append(await target(*args, **kwargs))
+                return out[0]
     else:
         @functools.wraps(target)
         def node(*args, **kwargs):
-            with node_run(args):
-                return target(*args, **kwargs)
+            out = []
+            with node_run(args, out):
+                out.append(target(*args, **kwargs))
+                return out[0]
 
     return node
 
