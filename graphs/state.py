@@ -2,8 +2,9 @@
 
 What parallel specialists write (``results``, ``ledger``) is merged by ``operator.add`` reducers,
 so branches never clobber each other; triage resets them at the start of each turn with
-``Overwrite``. What must survive across turns (``summary``, ``turns``, ``entities``) is small and
-bounded, so a long conversation does not grow the state without limit.
+``Overwrite``. What must survive across turns (``summary``, ``turns``, ``entities``,
+``messages``) is small and bounded, so a long conversation does not grow the state without limit:
+every checkpoint of a turn holds it, and every turn reads it back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,17 @@ from langgraph.graph.message import add_messages
 
 from agents.contract import AgentResult
 
+MESSAGES_KEPT = 40
+"""The conversation's last messages the state keeps (20 turns: a question and its answer each).
+No prompt reads them (handoffs carry ``summary``); they are the thread's transcript for the doors
+(``GET /v1/threads/{id}``, LangGraph Studio). Every turn stays in the audit trail."""
+
+
+def add_recent_messages(left: Any, right: Any) -> Any:
+    """``add_messages``, keeping the last :data:`MESSAGES_KEPT`."""
+    merged = add_messages(left, right)
+    return merged[-MESSAGES_KEPT:] if isinstance(merged, list) else merged
+
 
 class TurnRecord(TypedDict):
     question: str
@@ -26,7 +38,7 @@ class TurnRecord(TypedDict):
 
 
 class SupportState(TypedDict, total=False):
-    messages: Annotated[list[AnyMessage], add_messages]
+    messages: Annotated[list[AnyMessage], add_recent_messages]
     question: str
     image_path: str | None
     subtasks: list[dict[str, Any]]

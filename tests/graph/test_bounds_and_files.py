@@ -99,6 +99,26 @@ async def test_zeroblob_asked_in_plain_words_is_bounded_in_answer_and_checkpoint
     assert peak < 40_000_000, peak  # before: +763 MB
 
 
+async def test_a_long_conversation_keeps_its_last_messages_not_all_of_them(make_settings):
+    """Every checkpoint of a turn holds the state and every turn reads it back: the transcript
+    is bounded like the summary, so turn 30 costs what turn 3 did."""
+    from graphs.state import MESSAGES_KEPT
+
+    services = Services(make_settings(cache_ttl_s=0))
+    services.registry.use_chat_model(LOCAL, ScriptedChatModel(respond=by_system_prompt(
+        {"support assistant of Chinook": "Hello! How can I help?"})))
+    sb = Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services)
+    turns = MESSAGES_KEPT // 2 + 5
+    for i in range(turns):
+        await sb.ask(f"Hi there, this is message {i}!", thread_id="long")
+    state = await sb.graph.aget_state({"configurable": {"thread_id": "long"}})
+    texts = [str(m.content) for m in state.values["messages"]]
+    assert len(texts) == MESSAGES_KEPT
+    assert texts[-2:] == [f"Hi there, this is message {turns - 1}!", "Hello! How can I help?"]
+    assert texts[0] == f"Hi there, this is message {turns - MESSAGES_KEPT // 2}!"  # the oldest ones went
+    assert len(services.audit.turns(thread="long")) == turns  # the audit trail still has every turn
+
+
 async def test_zeroblob_through_a_review_edit_is_bounded(make_settings):
     sb, saver, _ = board(make_settings(), f"SQL: {PHONE_SQL}\nANSWER: The phone number is {{result}}.")
     paused = await sb.ask(PHONE_Q, thread_id="e")
