@@ -8,6 +8,7 @@ knowledge-base specialist leaves every passage of a flagged document out of its 
 
 from __future__ import annotations
 
+import functools
 import re
 
 _INSTRUCTION_LIKE = [
@@ -27,6 +28,7 @@ _INSTRUCTION_LIKE = [
 ]
 
 
+@functools.lru_cache(maxsize=4096)  # the specialist screens the same stored passages turn after turn
 def instruction_like(text: str) -> str:
     """The first instruction-like line of ``text`` (trimmed to 120 characters), or ``""``."""
     for line in text.splitlines() or [text]:

@@ -153,3 +153,25 @@ async def test_an_unsure_half_of_a_two_part_sentence_is_split_not_dropped(make_s
     decision = await triage.decide("how many tracks did Iron Maiden release with us, and how do refunds work "
                                    "for albums?", has_image=False)
     assert [s.agent for s in decision.subtasks] == ["sql", "rag"]
+
+
+@pytest.mark.parametrize("routes", [None, 2])
+def test_the_classifier_scores_as_scikit_learn_does(classifier, routes):
+    """``IntentClassifier`` computes ``predict_proba`` itself (scikit-learn's call costs more than
+    the arithmetic): same probabilities for the product's routes and for a two-route model."""
+    import numpy as np
+
+    questions = ["How many customers are from Brazil?", "What is your refund policy?", "hi", "Tell me a joke"]
+    model = classifier
+    if routes == 2:  # scikit-learn keeps one row of weights for two classes: the sigmoid branch
+        texts = [t for r in list(CONFIG.routes.values())[:2] for t in r.examples]
+        labels = [r.name for r in list(CONFIG.routes.values())[:2] for _ in r.examples]
+        model = IntentClassifier().fit(texts, labels)
+    X = model.embedder.embed(questions)
+    expected = model._clf.predict_proba(X)
+    got = model.predict_vectors(X)
+    assert len(model.labels) == (2 if routes == 2 else len(CONFIG.routes))
+    for row, p in zip(expected, got, strict=True):
+        assert p.label == model.labels[int(np.argmax(row))]
+        assert p.confidence == pytest.approx(float(row.max()), abs=1e-6)  # float32 embeddings
+        assert p.scores == pytest.approx({lab: float(v) for lab, v in zip(model.labels, row, strict=True)}, abs=1e-4)

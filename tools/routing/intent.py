@@ -104,7 +104,7 @@ class IntentClassifier:
     def predict_vectors(self, X: np.ndarray) -> list[Prediction]:
         if self._clf is None:
             raise RuntimeError("IntentClassifier.fit must be called before predict")
-        probs = self._clf.predict_proba(X)
+        probs = self._probabilities(np.asarray(X, dtype=np.float64))
         out = []
         for row in probs:
             best = int(np.argmax(row))
@@ -116,6 +116,20 @@ class IntentClassifier:
                 )
             )
         return out
+
+    def _probabilities(self, X: np.ndarray) -> np.ndarray:
+        """``predict_proba`` of the fitted model, computed here: a matrix product and a softmax (a
+        sigmoid for two routes). scikit-learn's own call spends most of its ~0.5 ms per turn
+        validating its input; this is triage's share of every turn's CPU (``bench/overhead.py``)."""
+        assert self._clf is not None
+        scores = X @ self._clf.coef_.T + self._clf.intercept_
+        if scores.shape[1] == 1:  # binary: scikit-learn keeps one row of weights, for the second class
+            second = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+            return np.column_stack([1.0 - second, second])
+        scores -= scores.max(axis=1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=1, keepdims=True)
+        return scores
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return self.predict_vectors(self.embedder.embed(list(texts)))
