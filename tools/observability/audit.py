@@ -252,7 +252,7 @@ class AuditTrail:
         row["subtasks"] = json.dumps(record.subtasks, ensure_ascii=False, default=str)
         try:
             with self._lock, self.engine.begin() as conn:
-                conn.execute(insert(turns_table).values(**row))
+                conn.execute(insert(turns_table), row)  # values as parameters: one compiled statement
                 if record.calls:
                     conn.execute(insert(calls_table), [
                         {**c, "turn_id": record.turn_id, "thread_id": record.thread_id, "ts": record.ts}
