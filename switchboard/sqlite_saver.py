@@ -1,21 +1,28 @@
-"""The default checkpointer: LangGraph's ``SqliteSaver`` with each async call run as one job on
-one thread of its own.
+"""The default checkpointer: LangGraph's ``SqliteSaver``, called from the event loop without a
+thread hop whenever SQLite can take the call at once.
 
 LangGraph's ``AsyncSqliteSaver`` goes through ``aiosqlite``, which hands every cursor operation
-(execute, fetch, commit, close) to its worker thread separately: about 64 thread hand-offs per
-turn of the support graph, each a wake-up and a GIL round trip for the event loop, and on a busy
-2-core machine the larger part of what the checkpointer costs a turn (``bench/overhead.py``).
-Here a whole ``put``, ``put_writes`` or ``get_tuple`` runs on the saver's thread in a single
-hand-off, with the same tables and the same code that reads and writes them (the synchronous
-saver of the same package), so databases written by either saver are read by the other.
+(execute, fetch, commit, close) to its worker thread separately. A hand-off per call is not cheap
+either: on 2 cores a turn's ~15 checkpoint calls, each a thread wake-up and a GIL round trip with the
+event loop, cost it 3-4 ms of CPU, far more than the SQLite work (``bench/overhead.py``; a read or
+a write of a ~10 KB checkpoint takes ~0.1 ms in WAL mode).
 
-One thread owns the connection: calls are serialised (SQLite has one writer anyway) and never
-wait on each other's locks.
+So a turn's calls (``aget_tuple``, ``aput``, ``aput_writes``) first run right where they are
+awaited, on a connection that never waits: its busy timeout is 0, and it never checkpoints the WAL
+(that would fsync on the event loop). When SQLite is busy (another process holds the write lock:
+``serve --workers``, a CLI next to the server), the call runs instead on the saver's own thread, on a
+connection that waits for the lock as LangGraph's saver does. That thread also copies the WAL into
+the database now and then (a passive checkpoint). History pages and deletions always run there:
+they can be long.
+
+Same tables, same code that reads and writes them (the synchronous saver of the same package), so
+databases written by either saver are read by the other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,17 +43,26 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 __all__ = ["ThreadedSqliteSaver"]
 
 T = TypeVar("T")
+log = logging.getLogger("switchboard.checkpoints")
 
 LIST_PAGE = 20
-"""Checkpoints ``alist`` reads per job (a turn makes about 7)."""
+"""Checkpoints ``alist`` reads per job (a turn makes about 5)."""
+
+WAL_CHECKPOINT_EVERY = 200
+"""Writes on the event loop's connection between two passive WAL checkpoints on the saver's thread
+(SQLite's own automatic checkpoint is every 1,000 pages; a turn writes about 20)."""
 
 
 class ThreadedSqliteSaver(SqliteSaver):
-    """``SqliteSaver`` with an async interface: one hand-off to the saver's own thread per call."""
+    """``SqliteSaver`` with an async interface: on the event loop when SQLite can answer at once,
+    else one hand-off to the saver's own thread. Its own connection (``conn``) is the waiting one:
+    synchronous callers and the thread use it."""
 
     def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
         super().__init__(conn)
         self._executor = executor
+        self._fast: SqliteSaver | None = None  # on the event loop's side (``open`` sets it)
+        self._fast_writes = 0
 
     @classmethod
     @contextmanager
@@ -55,11 +71,20 @@ class ThreadedSqliteSaver(SqliteSaver):
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoints")
         try:
             conn = executor.submit(partial(sqlite3.connect, path, check_same_thread=False)).result()
+            fast = None
             try:
                 saver = cls(conn, executor)
                 executor.submit(saver._prepare).result()
+                # never waits for a lock (busy timeout 0) and never checkpoints the WAL itself
+                fast = sqlite3.connect(path, check_same_thread=False, timeout=0)
+                fast.execute("PRAGMA synchronous=NORMAL")
+                fast.execute("PRAGMA wal_autocheckpoint=0")
+                saver._fast = SqliteSaver(fast, serde=saver.serde)
+                saver._fast.is_setup = True
                 yield saver
             finally:
+                if fast is not None:
+                    fast.close()
                 executor.submit(conn.close).result()
         finally:
             executor.shutdown(wait=True)
@@ -67,15 +92,39 @@ class ThreadedSqliteSaver(SqliteSaver):
     def _prepare(self) -> None:
         self.setup()  # LangGraph's tables, WAL journal
         # WAL with synchronous=NORMAL: a commit survives the process being killed (what crash
-        # recovery is built on) without an fsync per checkpoint write (a turn makes about 13);
+        # recovery is built on) without an fsync per checkpoint write (a turn makes about 9);
         # only an OS crash or power loss can drop the last commits
         self.conn.execute("PRAGMA synchronous=NORMAL")
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    async def _now_or_later(self, method: Callable[..., T], *args: Any, writes: bool = False) -> T:
+        """``method(saver, *args)`` on the event loop's connection; on the saver's thread when
+        SQLite is busy there (nothing was written: the lock is taken by a call's first write)."""
+        if self._fast is not None:
+            try:
+                result = method(self._fast, *args)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                self._fast.conn.rollback()
+            else:
+                if writes:
+                    self._fast_writes += 1
+                    if self._fast_writes % WAL_CHECKPOINT_EVERY == 0:
+                        self._executor.submit(self._checkpoint_wal)
+                return result
+        return await self._run(partial(method, self, *args))
+
+    def _checkpoint_wal(self) -> None:
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:  # a later one catches up; SQLite's own automatic checkpoints still run
+            log.warning("checkpoints: the WAL checkpoint did not run", exc_info=True)
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await self._run(partial(self.get_tuple, config))
+        return await self._now_or_later(SqliteSaver.get_tuple, config)
 
     async def alist(
         self,
@@ -111,7 +160,7 @@ class ThreadedSqliteSaver(SqliteSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return await self._run(partial(self.put, config, checkpoint, metadata, new_versions))
+        return await self._now_or_later(SqliteSaver.put, config, checkpoint, metadata, new_versions, writes=True)
 
     async def aput_writes(
         self,
@@ -120,7 +169,7 @@ class ThreadedSqliteSaver(SqliteSaver):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await self._run(partial(self.put_writes, config, writes, task_id, task_path))
+        await self._now_or_later(SqliteSaver.put_writes, config, writes, task_id, task_path, writes=True)
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._run(partial(self.delete_thread, thread_id))

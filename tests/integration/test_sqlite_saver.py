@@ -1,21 +1,24 @@
-"""The default checkpointer (switchboard/sqlite_saver.py): LangGraph's SqliteSaver run one call per
-hand-off on its own thread. It must keep what LangGraph's AsyncSqliteSaver kept: files written by
-one are read by the other (an upgrade keeps every conversation), history, pending writes and
-deletion, from any event loop."""
+"""The default checkpointer (switchboard/sqlite_saver.py): LangGraph's SqliteSaver, on the event loop
+when SQLite answers at once and on its own thread when the database is busy. It must keep what
+LangGraph's AsyncSqliteSaver kept: files written by one are read by the other (an upgrade keeps
+every conversation), history, pending writes and deletion, from any event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import operator
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Annotated, TypedDict
 
+from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
 
 from switchboard.persistence import open_checkpointer
 from switchboard.settings import Settings
+from switchboard import sqlite_saver
 from switchboard.sqlite_saver import ThreadedSqliteSaver
 
 
@@ -53,17 +56,24 @@ async def test_conversations_written_by_langgraphs_async_saver_are_read_and_cont
     assert state.values["said"] == ["hi", "echo 1", "done", "again", "echo 4", "done"]
 
 
-async def test_one_thread_serves_every_call_and_a_deleted_thread_is_gone(tmp_path: Path) -> None:
-    threads: set[str] = set()
+def _spy_threads(monkeypatch) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """(method, thread name) of every call of the saver's SQLite work."""
+    calls: list[tuple[str, str]] = []
+    for name in ("put", "put_writes", "get_tuple"):
+        original = getattr(SqliteSaver, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append((_name, threading.current_thread().name))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(SqliteSaver, name, spy)
+    return calls
+
+
+async def test_a_turns_calls_run_on_the_event_loop_and_a_deleted_thread_is_gone(tmp_path: Path, monkeypatch) -> None:
+    calls = _spy_threads(monkeypatch)
     async with open_checkpointer(Settings(data_dir=tmp_path)) as saver:
         assert isinstance(saver, ThreadedSqliteSaver)
-        put = saver.put
-
-        def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-            threads.add(threading.current_thread().name)
-            return put(*args, **kwargs)
-
-        saver.put = spy  # type: ignore[method-assign]
         graph = _graph(saver)
         await asyncio.gather(*(graph.ainvoke({"said": [str(i)]}, _cfg(f"c{i}")) for i in range(5)))
         for i in range(5):
@@ -71,7 +81,51 @@ async def test_one_thread_serves_every_call_and_a_deleted_thread_is_gone(tmp_pat
         await saver.adelete_thread("c0")
         assert (await graph.aget_state(_cfg("c0"))).values == {}
         assert [s async for s in saver.alist(_cfg("c1"), limit=2)][0].checkpoint["channel_values"]["said"][-1] == "done"
-    assert len(threads) == 1 and threads.pop().startswith("sqlite-checkpoints")
+    assert {m for m, _ in calls} == {"put", "put_writes", "get_tuple"}
+    assert {t for _, t in calls} == {threading.current_thread().name}  # no hand-off while SQLite was free
+
+
+async def test_when_another_process_holds_the_lock_the_writes_wait_on_the_thread_not_the_loop(
+        tmp_path: Path, monkeypatch) -> None:
+    """``serve --workers`` on SQLite: another process writes. The turn's writes wait for the lock on
+    the saver's thread while the event loop goes on; nothing is lost once the lock is free."""
+    calls = _spy_threads(monkeypatch)
+    path = tmp_path / "checkpoints.sqlite"
+    async with open_checkpointer(Settings(data_dir=tmp_path, checkpoint_url=f"sqlite:///{path}")) as saver:
+        graph = _graph(saver)
+        await graph.ainvoke({"said": ["warm"]}, _cfg("w"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another process's transaction holds it
+        calls.clear()
+        turn = asyncio.create_task(graph.ainvoke({"said": ["busy"]}, _cfg("b")))
+        ticks = 0
+        for _ in range(30):  # the loop keeps running while the turn waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not turn.done() and ticks == 30
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(turn, 10)
+        assert (await graph.aget_state(_cfg("b"))).values["said"] == ["busy", "echo 1", "done"]
+    waited = [m for m, t in calls if t.startswith("sqlite-checkpoints")]
+    assert "put" in waited  # a write found the database busy on the loop and was done on the thread
+
+
+async def test_the_wal_is_checkpointed_on_the_thread(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sqlite_saver, "WAL_CHECKPOINT_EVERY", 4)
+    ran: list[str] = []
+    original = ThreadedSqliteSaver._checkpoint_wal
+
+    def spy(self):  # type: ignore[no-untyped-def]
+        ran.append(threading.current_thread().name)
+        original(self)
+
+    monkeypatch.setattr(ThreadedSqliteSaver, "_checkpoint_wal", spy)
+    async with open_checkpointer(Settings(data_dir=tmp_path)) as saver:
+        graph = _graph(saver)
+        for i in range(3):
+            await graph.ainvoke({"said": [str(i)]}, _cfg("t"))
+    assert ran and all(t.startswith("sqlite-checkpoints") for t in ran)
 
 
 def test_the_saver_serves_more_than_one_event_loop(tmp_path: Path) -> None:
