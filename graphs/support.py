@@ -124,7 +124,8 @@ def build_support_graph(
         policy = (runtime.context.policy if runtime.context else None) or settings.default_policy
         return [Send(s["agent"], _handoff(state, s, policy)) for s in _ready(state)]
 
-    def dispatch(state: SupportState, runtime: Runtime[Context]) -> list[Send] | str:
+    async def dispatch(state: SupportState, runtime: Runtime[Context]) -> list[Send] | str:
+        # async although it awaits nothing: LangGraph runs a sync edge function on a worker thread
         return sends(state, runtime) or "synthesize"
 
     async def finish(state: SupportState, runtime: Runtime[Context], config: RunnableConfig) -> dict[str, Any] | Command[str]:
