@@ -16,9 +16,9 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
 
+from switchboard import sqlite_saver
 from switchboard.persistence import open_checkpointer
 from switchboard.settings import Settings
-from switchboard import sqlite_saver
 from switchboard.sqlite_saver import ThreadedSqliteSaver
 
 
