@@ -65,6 +65,10 @@ class KnowledgeStoreError(RuntimeError):
     """The knowledge base cannot be opened or used as configured."""
 
 
+class OtherModelsVectors(KnowledgeStoreError):
+    """The knowledge base's vectors were made by another embedding model than the configured one."""
+
+
 @dataclass(frozen=True)
 class Hit:
     """One search result. ``score`` is cosine similarity (1 - cosine distance), higher is better."""
@@ -173,14 +177,32 @@ def open_collection(
     except ValueError as exc:
         if "conflict" not in str(exc).lower():
             raise
-        recorded = recorded_embeddings(client.get_collection(name)) or "other"
-        raise KnowledgeStoreError(
-            f"the knowledge base {name!r} holds vectors of the {recorded!r} embeddings, but "
-            f"{embeddings!r} are configured: run `switchboard ingest --reembed` to re-embed every "
-            f"document with {embeddings!r}, or set SWITCHBOARD_KNOWLEDGE_EMBEDDINGS={recorded}"
-        ) from exc
+        raise OtherModelsVectors(_other_model(name, recorded_embeddings(client.get_collection(name)) or "other",
+                                              embeddings)) from exc
     _check_space(collection)
     return collection
+
+
+def check_embeddings(chroma_dir: Path | None, chroma_url: str | None, name: str, embeddings: str) -> None:
+    """Refuse (:class:`OtherModelsVectors`, with the way out) a knowledge base whose vectors
+    another model made. Cheap: no model is loaded and nothing is ingested; a missing collection or
+    folder passes (it is created on first use). A server start calls it, so an upgrade that changes
+    the model stops there instead of failing every help-center answer."""
+    if chroma_dir is not None and not chroma_url and not Path(chroma_dir).exists():
+        return
+    client = _client(chroma_dir, chroma_url)
+    names = {c if isinstance(c, str) else c.name for c in client.list_collections()}
+    if name not in names:
+        return
+    recorded = recorded_embeddings(client.get_collection(name))
+    if recorded is not None and recorded != embeddings:
+        raise OtherModelsVectors(_other_model(name, recorded, embeddings))
+
+
+def _other_model(name: str, recorded: str, embeddings: str) -> str:
+    return (f"the knowledge base {name!r} holds vectors of the {recorded!r} embeddings, but {embeddings!r} are "
+            f"configured: run `switchboard ingest --reembed` to re-embed every document with {embeddings!r}, "
+            f"or set SWITCHBOARD_KNOWLEDGE_EMBEDDINGS={recorded}")
 
 
 def recorded_embeddings(collection: Collection) -> str | None:

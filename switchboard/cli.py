@@ -271,13 +271,19 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     except (MissingAPIKeys, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from knowledge.store import OtherModelsVectors
+    from switchboard.services import Services
+
+    try:  # the knowledge base holds another model's vectors: said once, before any worker starts
+        Services(settings).check_knowledge_base()
+    except OtherModelsVectors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     os.environ[INSECURE_ENV] = "1" if args.insecure_no_auth else "0"
     os.environ["SWITCHBOARD_LOG_LEVEL"] = "INFO" if args.verbose else "WARNING"
     if args.workers > 1 and not settings.chroma_url:
         # a Chroma folder is not safe for several writers: sync the help center once, here; the
         # workers then find nothing to write (run a Chroma server to ingest while serving)
-        from switchboard.services import Services
-
         services = Services(settings)
         _ = services.kb
         print(f"help center: {services.kb_report}; {args.workers} workers share the Chroma folder "

@@ -881,6 +881,9 @@ def create_app(
             yield
             return
         async with Switchboard.open(settings) as board:
+            # an upgrade that changed the embedding model stops here, with the way out, instead of
+            # failing every help-center part it would answer
+            await asyncio.to_thread(board.services.check_knowledge_base)
             app.state.board = board
             yield
 

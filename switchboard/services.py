@@ -225,6 +225,21 @@ class Services:
         return ReadOnlyDatabase.from_url(self.settings.database_url, max_cell_bytes=self.settings.sql_max_cell_bytes,
                                          max_result_bytes=self.settings.sql_max_result_bytes)
 
+    def check_knowledge_base(self) -> None:
+        """Refuse a knowledge base whose vectors another model made (``knowledge.store.OtherModelsVectors``,
+        which says how to re-embed) before a server takes traffic; cheap, nothing is loaded. One
+        that cannot be reached now is only logged: a help-center part then fails alone."""
+        from knowledge.store import KnowledgeStoreError, OtherModelsVectors, check_embeddings
+
+        s = self.settings
+        try:
+            check_embeddings(None if s.chroma_url else s.chroma_dir, s.chroma_url or None, s.collection,
+                             s.knowledge_embeddings)
+        except OtherModelsVectors:
+            raise
+        except (KnowledgeStoreError, ValueError, OSError) as exc:  # chromadb raises ValueError when unreachable
+            log.warning("knowledge base: not checked at start (%s); help-center parts fail until it answers", exc)
+
     @cached_property
     def kb(self) -> KnowledgeStore:
         from knowledge.ingest import ensure_demo_ingested

@@ -341,6 +341,33 @@ def test_the_server_refuses_to_start_without_api_keys(make_settings, monkeypatch
     assert ServerSettings(_env_file=None).key_list() == [KEY, OTHER_KEY]
 
 
+def test_the_server_refuses_to_start_on_another_models_vectors(make_settings, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """An upgrade that changed the knowledge base's embedding model (or a variable set by mistake)
+    stops at start with the way out, instead of failing every help-center part it would answer."""
+    from fastapi.testclient import TestClient
+
+    from knowledge.store import OtherModelsVectors, open_collection
+    from switchboard import cli
+    from switchboard.services import Services
+
+    settings = make_settings(knowledge_embeddings="mpnet")
+    # a knowledge base made with MiniLM (empty: its record of the model is what counts; none is loaded)
+    open_collection(chroma_dir=settings.chroma_dir, name=settings.collection, embeddings="minilm")
+    with pytest.raises(OtherModelsVectors, match="switchboard ingest --reembed"), \
+            TestClient(create_app(settings, api_keys=[KEY])):
+        pass
+    monkeypatch.setenv("SWITCHBOARD_API_KEYS", KEY)
+    monkeypatch.setenv("SWITCHBOARD_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("SWITCHBOARD_KNOWLEDGE_EMBEDDINGS", "mpnet")
+    monkeypatch.chdir(settings.data_dir.parent)
+    assert cli.main(["serve", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds vectors of the 'minilm' embeddings" in err and "SWITCHBOARD_KNOWLEDGE_EMBEDDINGS=minilm" in err
+    Services(make_settings(knowledge_embeddings="minilm")).check_knowledge_base()  # the other way out passes
+    Services(make_settings(data_dir=settings.data_dir / "new")).check_knowledge_base()  # nothing ingested yet
+
+
 def test_insecure_no_auth_serves_without_a_key(stack: Stack) -> None:
     app = create_app(switchboard=stack.board, api_keys=[], insecure_no_auth=True)
     with serve_in_thread(app) as url:
