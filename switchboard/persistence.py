@@ -29,7 +29,8 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
         # no check on checkout (a round trip per use): a connection that broke is dropped when returned
         kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
         async with AsyncConnectionPool[AsyncConnection[dict[str, Any]]](
-                url, min_size=1, max_size=settings.checkpoint_pool_size, open=False, kwargs=kwargs) as pool:
+                url, min_size=1, max_size=settings.checkpoint_pool_size, open=False, kwargs=kwargs,
+                configure=_fast_json) as pool:
             pg_saver = AsyncPostgresSaver(pool)
             async with pool.connection() as conn:  # replicas starting together: one migrates at a time
                 # polled, not waited for in a statement: the migrations build an index CONCURRENTLY,
@@ -53,3 +54,19 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
     settings.ensure_dirs()
     with ThreadedSqliteSaver.open(path) as saver:  # LangGraph's tables, WAL, synchronous=NORMAL
         yield saver
+
+
+async def _fast_json(conn: Any) -> None:
+    """Checkpoints' JSONB columns written with orjson (installed with chromadb and langsmith) instead
+    of the standard library's encoder: every step of every turn writes one, and under load
+    ``json.dumps`` was about 5% of a replica's event-loop time (``bench/scale.py``, py-spy)."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - a dependency of chromadb's: then psycopg's default stays
+        return
+    from psycopg.types.json import set_json_dumps
+
+    def dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)  # int keys become strings, as with json.dumps
+
+    set_json_dumps(dumps, conn)
