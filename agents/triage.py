@@ -135,6 +135,13 @@ class Triage:
                 return [(left, pl), *self._split_sentence(right)]
         return [(sentence, whole)]
 
+    def _remembered(self, text: str) -> bool:
+        """Every sentence's vector is in the embedder's memo (the question was just asked): routed
+        on the event loop. A new question is embedded on a worker thread instead: a few ms of ONNX
+        Runtime that another core runs while the loop serves other conversations."""
+        embedder = self.classifier.embedder
+        return all(embedder.remembers([s]) for s in filter(None, (s.strip() for s in _SENTENCE.split(text.strip()))))
+
     # --- deciding ----------------------------------------------------------------------
     async def decide(
         self, text: str, *, has_image: bool, previous_agents: list[str] | None = None, policy: str | None = None
@@ -146,7 +153,8 @@ class Triage:
                                   refusal=too_long_refusal(len(text), self.max_chars))
         if not text and has_image:
             text = "Please look at the attached image"
-        clauses = self.split(text) if text else []
+        clauses = (self.split(text) if self._remembered(text) else await asyncio.to_thread(self.split, text)) \
+            if text else []
         if not has_image:  # an image route cannot answer without an image: the best other route does
             clauses = [(c, self._without_image_routes(p)) for c, p in clauses]
         skipped: list[str] = []

@@ -175,3 +175,27 @@ def test_the_classifier_scores_as_scikit_learn_does(classifier, routes):
         assert p.label == model.labels[int(np.argmax(row))]
         assert p.confidence == pytest.approx(float(row.max()), abs=1e-6)  # float32 embeddings
         assert p.scores == pytest.approx({lab: float(v) for lab, v in zip(model.labels, row, strict=True)}, abs=1e-4)
+
+
+async def test_a_new_question_is_embedded_off_the_event_loop_and_a_repeated_one_on_it(classifier, monkeypatch):
+    """Embedding a new question takes ONNX Runtime a few ms: on a worker thread, the event loop
+    serves other conversations meanwhile. A question whose vectors are remembered costs a lookup."""
+    import threading
+    import uuid
+
+    triage, _ = make_triage(classifier)
+    on_loop: list[bool] = []
+    predict = classifier.predict
+
+    def spy(texts):  # noqa: ANN001, ANN202
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        return predict(texts)
+
+    monkeypatch.setattr(classifier, "predict", spy)
+    question = f"How many customers are from Brazil, order {uuid.uuid4().hex[:8]}?"
+    first = await triage.decide(question, has_image=False)
+    assert on_loop and not any(on_loop)
+    on_loop.clear()
+    again = await triage.decide(question, has_image=False)
+    assert on_loop and all(on_loop)
+    assert [s.agent for s in first.subtasks] == [s.agent for s in again.subtasks] == ["sql"]

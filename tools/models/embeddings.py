@@ -149,6 +149,11 @@ class Embedder:
             self._remember(key, vectors)
         return vectors
 
+    def remembers(self, texts: Sequence[str]) -> bool:
+        """Whether :meth:`embed` of exactly these texts would come from the memo (no model run)."""
+        with self._memo_lock:
+            return tuple(texts) in self._memo
+
     def forget_recent(self) -> None:
         """Empty the memo of recent calls (see :meth:`embed`)."""
         with self._memo_lock:
