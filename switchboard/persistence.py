@@ -61,12 +61,15 @@ async def _fast_json(conn: Any) -> None:
     of the standard library's encoder: every step of every turn writes one, and under load
     ``json.dumps`` was about 5% of a replica's event-loop time (``bench/scale.py``, py-spy)."""
     try:
-        import orjson
+        import orjson  # noqa: F401 - only checked for here
     except ImportError:  # pragma: no cover - a dependency of chromadb's: then psycopg's default stays
         return
     from psycopg.types.json import set_json_dumps
 
-    def dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)  # int keys become strings, as with json.dumps
+    set_json_dumps(_orjson_dumps, conn)  # a module function: psycopg keeps one adapter per function
 
-    set_json_dumps(dumps, conn)
+
+def _orjson_dumps(obj: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)  # int keys become strings, as with json.dumps
