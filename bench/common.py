@@ -53,9 +53,21 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 
 def machine_load() -> str:
-    """"load 1/5/15 min on N CPUs", for reading latencies measured on a shared machine."""
+    """"load 1/5/15 min on N CPUs; CPU probe X ms", for reading latencies measured on a shared machine."""
     one, five, fifteen = os.getloadavg()
-    return f"load {one:.2f}/{five:.2f}/{fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs"
+    return f"load {one:.2f}/{five:.2f}/{fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs; CPU probe {cpu_probe_ms():.1f} ms"
+
+
+def cpu_probe_ms() -> float:
+    """A fixed pure-Python workload, best of 5, in ms: how fast this machine runs Python right now.
+    A shared VM's speed drifts by a third over minutes with an idle load average, so figures taken
+    at different times compare only at similar probes."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(i * i for i in range(200_000))
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
 
 
 def finish_run(figures: dict[str, Any], began: float, json_path: Path | None) -> None:
