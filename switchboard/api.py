@@ -119,7 +119,7 @@ class Switchboard:
     async def _stream_locked(self, question: str, thread_id: str, fresh: bool, image: str | Path | None,
                              policy: str | None) -> AsyncIterator[lifecycle.Event]:
         if not fresh:  # a new id has no state: nothing paused, nothing cut off
-            snapshot = await self.graph.aget_state(_config(thread_id))
+            snapshot = await self._head(thread_id)
             if pending := review.pending_reviews(snapshot):
                 raise ReviewPending(thread_id, pending)
             if _cut_off(snapshot):
@@ -167,7 +167,7 @@ class Switchboard:
         left as it is: the next message finishes it.) Returns the closing answer, if there was one."""
         await self.access.check_turn(self.graph, thread_id, principal or self.principal)
         async with self.services.turn_locks.hold(thread_id):
-            snapshot = await self.graph.aget_state(_config(thread_id))
+            snapshot = await self._head(thread_id)
             if not _cut_off(snapshot):
                 return None
             return await RecoveryGuard(self.graph, self.services).close_failed(snapshot, thread_id,
@@ -219,6 +219,18 @@ class Switchboard:
                                          skip=_reused_tasks(snapshot)):
                 yield event
 
+    async def _head(self, thread_id: str) -> Any:
+        """The thread's last checkpoint, with a stranded turn (:func:`_stranded`) given back its
+        last step, so the cut-off-turn path finishes it like any other. Call under the turn lock."""
+        snapshot = await self.graph.aget_state(_config(thread_id))
+        if not _stranded(snapshot):
+            return snapshot
+        log.warning("thread %s: a turn started under an earlier graph has nothing scheduled; finishing it", thread_id)
+        # as if a specialist had just finished: its edge schedules synthesize, which sends whatever
+        # subtask is not done yet, or composes the answer, the summary and the audit record
+        await self.graph.aupdate_state(_config(thread_id), {}, as_node=SPECIALISTS[0].name)
+        return await self.graph.aget_state(_config(thread_id))
+
     async def _turn_result(self, snapshot: Any, thread_id: str, started: float) -> TurnResult:
         """The turn as its last checkpoint has it: answered, or paused for review."""
         pending = review.pending_reviews(snapshot)
@@ -248,7 +260,8 @@ class Switchboard:
         True when its last checkpoint still has nodes to run and none of them waits on a human
         (``interrupt()``): a paused turn is resumed with a decision, not recovered."""
         await self.access.check_read(self.graph, thread_id, principal or self.principal)
-        return _cut_off(await self.graph.aget_state(_config(thread_id)))
+        snapshot = await self.graph.aget_state(_config(thread_id))
+        return _cut_off(snapshot) or _stranded(snapshot)
 
     async def finish_cut_off(self, snapshot: Any, thread_id: str) -> TurnResult | None:
         """Finish a cut-off turn, or close it as failed so the conversation moves on.
@@ -270,7 +283,7 @@ class Switchboard:
         this principal's: :class:`ThreadNotFound`)."""
         await self.access.check_turn(self.graph, thread_id, principal or self.principal)
         async with self.services.turn_locks.hold(thread_id):
-            snapshot = await self.graph.aget_state(_config(thread_id))
+            snapshot = await self._head(thread_id)
             if not _cut_off(snapshot):
                 raise LookupError(f"thread {thread_id!r} has no unfinished turn to recover")
             finished = await self.finish_cut_off(snapshot, thread_id)  # it may pause for review, too
@@ -398,6 +411,17 @@ def _config(thread_id: str) -> dict[str, Any]:
 def _reused_tasks(snapshot: Any) -> frozenset[str]:
     """Tasks of a stopped turn that finished: going on, LangGraph reuses their results."""
     return frozenset(t.id for t in snapshot.tasks if t.result is not None and not t.interrupts)
+
+
+def _stranded(snapshot: Any) -> bool:
+    """A turn that triage started and that never got its answer, with nothing left scheduled: a
+    checkpoint an earlier version of the graph left when a crash cut it off before a step that no
+    longer exists (``join`` and ``remember`` before ``synthesize`` took them over). The state says
+    so whatever the nodes are called: triage numbers the turn, the answer step counts it done."""
+    values = snapshot.values or {}
+    meta = values.get("turn_meta") or {}
+    return (not snapshot.next and not snapshot.tasks and not snapshot.interrupts and "turn_index" in meta
+            and meta["turn_index"] == len(values.get("turns") or []) + values.get("omitted_turns", 0))
 
 
 def _cut_off(snapshot: Any) -> bool:

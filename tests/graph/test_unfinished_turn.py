@@ -171,3 +171,29 @@ async def test_a_turn_cut_off_after_a_step_finished_is_not_taken_for_done(make_s
     texts = [str(m.content) for m in state.values["messages"]]
     assert texts == ["How many customers do we have?", "We have 59 customers.", "Hello!", "Hello! How can I help?"]
     assert [t["turn_id"] for t in board.services.audit.turns(thread="late")] == ["late:0", "late:1"]
+
+
+async def test_a_turn_an_earlier_graph_left_with_nothing_scheduled_is_finished_first(make_settings):
+    """Upgrading over a conversation a crash cut off before a step that no longer exists (``join``,
+    ``remember``): the checkpoint schedules nothing this graph has, yet its turn never got an
+    answer. The next message finishes it first, as any cut-off turn; nothing is dropped."""
+    from langgraph.constants import END
+
+    services, _ = scripted_services(make_settings(cache_ttl_s=0))
+    board = Switchboard(build_support_graph(services=services, checkpointer=InMemorySaver()), services)
+    config = {"configurable": {"thread_id": "old"}}
+    async for _ in board.graph.astream({"question": "How many customers do we have?", "image_path": None,
+                                        "messages": []}, config, interrupt_after=["sql"]):
+        pass
+    await board.graph.aupdate_state(config, None, as_node=END)  # what an unknown node's schedule comes to
+    head = await board.graph.aget_state(config)
+    assert head.next == () and not head.tasks and head.values["results"] and "answer" not in head.values
+    assert await board.unfinished("old")
+
+    new = await board.ask("Hello!", thread_id="old")
+    assert new.answer == "Hello! How can I help?"
+    state = (await board.graph.aget_state(config)).values
+    assert [t["question"] for t in state["turns"]] == ["How many customers do we have?", "Hello!"]
+    assert state["turns"][0]["answer"] == "We have 59 customers."
+    assert [t["turn_id"] for t in board.services.audit.turns(thread="old")] == ["old:0", "old:1"]
+    assert not await board.unfinished("old")
