@@ -11,7 +11,7 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage
 
-from bench.common import format_table
+from bench.common import cpu_probe_ms, format_table
 from bench.fake_models import BenchChatModel
 from bench.overhead_parts.probe import Probe, instrument, instrument_saver
 from bench.overhead_parts.stack import BENCH_MODEL, MIX, ask, bench_settings, split_ok, summary, switchboard_fake
@@ -58,7 +58,12 @@ async def figure1(services: Services, data_dir: Path, turns: int, conversations:
         problems: list[str] = []
         order = list(variants)
         probe.active = True
+        speeds: list[float] = []  # the machine's speed during the run (a shared VM's drifts by a third)
         for i in range(turns):
+            if i % 20 == 0:
+                probe.active = False
+                speeds.append(cpu_probe_ms())
+                probe.active = True
             conv = i % conversations
             request = MIX[(i // conversations + conv) % len(MIX)]  # each conversation walks MIX from its own offset
             for name in order if i % 2 == 0 else order[::-1]:  # alternate which variant goes first
@@ -81,7 +86,9 @@ async def figure1(services: Services, data_dir: Path, turns: int, conversations:
                 })
         probe.active = False
 
-    out: dict[str, Any] = {"turns": turns, "conversations": conversations, "variants": {}}
+    out: dict[str, Any] = {"turns": turns, "conversations": conversations, "variants": {},
+                           "cpu_probe_ms": {"median": round(statistics.median(speeds), 1),
+                                            "min": round(min(speeds), 1), "max": round(max(speeds), 1)}}
     for name, rs in rows.items():
         for r in rs:
             r["rest"] = r["wall"] - r.get("triage", 0.0)
@@ -143,6 +150,10 @@ def print_figure1(f: dict[str, Any]) -> None:
                         *(f"p50 {k}-part" for k in ks), "CPU ms/turn", "LLM calls", "triage LLM calls"], rows))
     print("CPU ms/turn: the process's CPU time (all its threads) per turn, mean. A process spending C ms per "
           "turn on one core finishes at most 1000 / C turns per second, however many conversations wait.")
+    probe = f["cpu_probe_ms"]
+    print(f"CPU probe every 20 turns (bench/common.py; lower is faster): median {probe['median']:.1f} ms, "
+          f"{probe['min']:.1f}-{probe['max']:.1f}. This VM's speed drifts by a third within minutes: compare "
+          "runs at similar probes.")
     sq, mem = v.get("SqliteSaver"), v.get("InMemorySaver")
     if sq and mem:
         print(f"SQLite checkpointer's marginal cost per turn: p50 {sq['wall']['p50_ms'] - mem['wall']['p50_ms']:+.1f} ms, "
