@@ -153,7 +153,8 @@ def print_figure1(f: dict[str, Any]) -> None:
     probe = f["cpu_probe_ms"]
     print(f"CPU probe every 20 turns (bench/common.py; lower is faster): median {probe['median']:.1f} ms, "
           f"{probe['min']:.1f}-{probe['max']:.1f}. This VM's speed drifts by a third within minutes: compare "
-          "runs at similar probes.")
+          "runs at similar probes, or p50 in probes: " + ", ".join(
+              f"{name} {s['wall']['p50_ms'] / probe['median']:.1f}" for name, s in v.items()))
     sq, mem = v.get("SqliteSaver"), v.get("InMemorySaver")
     if sq and mem:
         print(f"SQLite checkpointer's marginal cost per turn: p50 {sq['wall']['p50_ms'] - mem['wall']['p50_ms']:+.1f} ms, "
