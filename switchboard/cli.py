@@ -222,8 +222,8 @@ def _reembed(settings: Settings) -> int:
               f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
 
     try:
-        n, changed = reembed_collection(None if s.chroma_url else s.chroma_dir, s.chroma_url or None, s.collection,
-                                        s.knowledge_embeddings, embedder, progress=progress)
+        n, changed = reembed_collection(*s.chroma_location, s.collection, s.knowledge_embeddings, embedder,
+                                        progress=progress)
     except KnowledgeStoreError as exc:
         print(f"switchboard ingest --reembed: {exc}", file=sys.stderr)
         return 1
@@ -274,8 +274,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from knowledge.store import OtherModelsVectors
     from switchboard.services import Services
 
+    services = Services(settings)
     try:  # the knowledge base holds another model's vectors: said once, before any worker starts
-        Services(settings).check_knowledge_base()
+        services.check_knowledge_base()
     except OtherModelsVectors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -284,7 +285,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers > 1 and not settings.chroma_url:
         # a Chroma folder is not safe for several writers: sync the help center once, here; the
         # workers then find nothing to write (run a Chroma server to ingest while serving)
-        services = Services(settings)
         _ = services.kb
         print(f"help center: {services.kb_report}; {args.workers} workers share the Chroma folder "
               f"{settings.chroma_dir} read-only (set SWITCHBOARD_CHROMA_URL for a Chroma server)", file=sys.stderr)

@@ -233,8 +233,7 @@ class Services:
 
         s = self.settings
         try:
-            check_embeddings(None if s.chroma_url else s.chroma_dir, s.chroma_url or None, s.collection,
-                             s.knowledge_embeddings)
+            check_embeddings(*s.chroma_location, s.collection, s.knowledge_embeddings)
         except OtherModelsVectors:
             raise
         except (KnowledgeStoreError, ValueError, OSError) as exc:  # chromadb raises ValueError when unreachable
@@ -247,9 +246,9 @@ class Services:
 
         s = self.settings
         s.ensure_dirs()
-        store = KnowledgeStore.open(chroma_dir=None if s.chroma_url else s.chroma_dir, chroma_url=s.chroma_url or None,
-                                    name=s.collection, embeddings=s.knowledge_embeddings,
-                                    model_cache=s.model_cache_dir)
+        chroma_dir, chroma_url = s.chroma_location
+        store = KnowledgeStore.open(chroma_dir=chroma_dir, chroma_url=chroma_url, name=s.collection,
+                                    embeddings=s.knowledge_embeddings, model_cache=s.model_cache_dir)
         report = ensure_demo_ingested(store, s.helpcenter_dir)
         self.kb_report = report.summary()
         log.info("help center %s: %s", s.helpcenter_dir, self.kb_report)

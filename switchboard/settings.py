@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tools.models.values import DEFAULT_POLICY, RoutingPolicy
+from tools.models.values import DEFAULT_POLICY, RoutingPolicy, default_model_cache
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # the model it was made with: switching needs `switchboard ingest --reembed`.
     knowledge_embeddings: Literal["mpnet", "minilm"] = "mpnet"
     # Where the assembled local GGUF (and the built embedding graph) is cached (defaults to ~/.cache/switchboard/models).
-    model_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "switchboard" / "models")
+    model_cache_dir: Path = Field(default_factory=default_model_cache)
     # Path to any GGUF: overrides the packaged Qwen2.5-Coder-1.5B-Instruct.
     local_gguf: Path | None = None
     local_threads: int = 2
@@ -244,6 +244,11 @@ class Settings(BaseSettings):
     @cached_property
     def chroma_dir(self) -> Path:
         return self.data_dir / "chroma"
+
+    @property
+    def chroma_location(self) -> tuple[Path | None, str | None]:
+        """(folder, server URL) of the knowledge base: the server when one is set, else the folder."""
+        return (None, self.chroma_url) if self.chroma_url else (self.chroma_dir, None)
 
     def ensure_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from tools.models.embeddings import Embedder, MiniLMEmbedder, get_embedder
+from tools.models.values import default_model_cache
 
 KNOWLEDGE_EMBEDDINGS = ("mpnet", "minilm")
 """What ``SWITCHBOARD_KNOWLEDGE_EMBEDDINGS`` may name: the knowledge base's embedding model."""
-DEFAULT_MODEL_CACHE = Path.home() / ".cache" / "switchboard" / "models"
-_model_cache = [DEFAULT_MODEL_CACHE]  # the last one knowledge_embedder() was given (Chroma rebuilds need one)
+_model_cache = [default_model_cache()]  # the last one knowledge_embedder() was given (Chroma rebuilds need one)
 
 
 def knowledge_embedder_class(kind: str) -> type[Embedder]:

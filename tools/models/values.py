@@ -13,6 +13,7 @@ import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, BaseMessage
@@ -21,6 +22,12 @@ from pydantic import BaseModel, Field
 RoutingPolicy = Literal["cost-saver", "balanced", "best-quality"]
 POLICIES: tuple[RoutingPolicy, ...] = ("cost-saver", "balanced", "best-quality")  # cheapest first
 DEFAULT_POLICY: RoutingPolicy = "balanced"
+
+
+def default_model_cache() -> Path:
+    """Where model files assembled or built on this machine are kept unless configured otherwise
+    (``Settings.model_cache_dir``): the local GGUF, the knowledge base's MPNet graph."""
+    return Path.home() / ".cache" / "switchboard" / "models"
 
 Tier = Literal["light", "heavy"]
 TierRule = Literal["light", "heavy", "auto"]  # "auto": the tier router decides per subtask
