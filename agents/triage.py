@@ -39,6 +39,11 @@ IMAGE_CLAUSE_MIN = 0.15  # vision+records_check probability for a clause to be "
 _PLEASANTRY = re.compile(r"^(?:(?:hi|hello|hey|hiya|howdy|greetings|good (?:morning|afternoon|evening|day)|"
                          r"thanks|thank you|thx|cheers|please|ok(?:ay)?|great)(?: there| so much| again| all)?"
                          r"[\s,.!?]*)+$", re.IGNORECASE)
+def _sentences(text: str) -> list[str]:
+    """The message's sentences, as triage splits them first (empty ones dropped)."""
+    return [s for s in (part.strip() for part in _SENTENCE.split(text.strip())) if s]
+
+
 def too_long_refusal(length: int, limit: int) -> str:
     return (f"Your message is {length:,} characters long; I can take at most {limit:,} characters in one message, "
             "so I did not act on it. Please shorten it, or send your questions a few at a time.")
@@ -116,7 +121,7 @@ class Triage:
     def split(self, text: str) -> list[tuple[str, Prediction]]:
         """Sentences first; then a conjunction split where both halves go to different places."""
         clauses: list[tuple[str, Prediction]] = []
-        for sentence in filter(None, (s.strip() for s in _SENTENCE.split(text.strip()))):
+        for sentence in _sentences(text):
             clauses.extend(self._split_sentence(sentence))
         return clauses
 
@@ -140,7 +145,7 @@ class Triage:
         on the event loop. A new question is embedded on a worker thread instead: a few ms of ONNX
         Runtime that another core runs while the loop serves other conversations."""
         embedder = self.classifier.embedder
-        return all(embedder.remembers([s]) for s in filter(None, (s.strip() for s in _SENTENCE.split(text.strip()))))
+        return all(embedder.remembers([s]) for s in _sentences(text))
 
     # --- deciding ----------------------------------------------------------------------
     async def decide(

@@ -53,6 +53,7 @@ from bench.overhead_parts.profiling import profile_turns  # noqa: E402
 from bench.overhead_parts.stack import bench_settings, warm_up  # noqa: E402
 from bench.overhead_parts.throughput import figure3, print_figure3  # noqa: E402
 from switchboard.services import Services  # noqa: E402
+from tools.models.knowledge_embeddings import KNOWLEDGE_EMBEDDINGS  # noqa: E402
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--figures", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     ap.add_argument("--profile", type=int, nargs="?", const=100, default=0, metavar="TURNS",
                     help="also print a cProfile of TURNS sequential turns (default 100)")
-    ap.add_argument("--knowledge-embeddings", choices=["mpnet", "minilm"], default="mpnet",
+    ap.add_argument("--knowledge-embeddings", choices=KNOWLEDGE_EMBEDDINGS, default="mpnet",
                     help="the knowledge base's embedding model (default: the product's, mpnet)")
     ap.add_argument("--json", type=Path, help="write all figures to this file")
     args = ap.parse_args(argv)

@@ -32,12 +32,11 @@ from urllib.parse import urlparse
 import numpy as np
 
 from knowledge.lexical import BM25, LEXICAL_WEIGHT, fuse
+from tools.models.embeddings import Embedder, get_embedder
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import Include
-
-    from tools.models.embeddings import Embedder
 
 SPACE: Final = "cosine"
 PER_SOURCE_DEPTH = 4
@@ -191,12 +190,16 @@ def check_embeddings(chroma_dir: Path | None, chroma_url: str | None, name: str,
     if chroma_dir is not None and not chroma_url and not Path(chroma_dir).exists():
         return
     client = _client(chroma_dir, chroma_url)
-    names = {c if isinstance(c, str) else c.name for c in client.list_collections()}
-    if name not in names:
+    if name not in _collection_names(client):
         return
     recorded = recorded_embeddings(client.get_collection(name))
     if recorded is not None and recorded != embeddings:
         raise OtherModelsVectors(_other_model(name, recorded, embeddings))
+
+
+def _collection_names(client: Any) -> set[str]:
+    """The client's collection names (older Chroma clients list collection objects)."""
+    return {c if isinstance(c, str) else c.name for c in client.list_collections()}
 
 
 def _other_model(name: str, recorded: str, embeddings: str) -> str:
@@ -230,7 +233,7 @@ def reembed_collection(
 
     client = _client(chroma_dir, chroma_url)
     staging = f"{name}-reembed"
-    names = {c if isinstance(c, str) else c.name for c in client.list_collections()}
+    names = _collection_names(client)
     if name not in names and staging in names:
         copy = client.get_collection(staging)
         copy.modify(name=name)
@@ -323,20 +326,18 @@ class KnowledgeStore:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from tools.models.embeddings import get_embedder
-
             self._embedder = get_embedder()
         return self._embedder
 
     @property
     def relevance_floor(self) -> float:
         """Below this best cosine a search found nothing relevant (the embedding model's)."""
-        return float(getattr(self.embedder, "relevance_floor", 0.30))
+        return float(getattr(self.embedder, "relevance_floor", Embedder.relevance_floor))
 
     @property
     def relevance_margin(self) -> float:
         """How far below the best hit's relevance a passage may be and still be given (the model's)."""
-        return float(getattr(self.embedder, "relevance_margin", 0.07))
+        return float(getattr(self.embedder, "relevance_margin", Embedder.relevance_margin))
 
     def count(self) -> int:
         """Number of chunks in the collection."""
