@@ -6,7 +6,8 @@ function of the messages; every call is kept in ``calls``) plus what a benchmark
 * native async paths (``_agenerate``/``_astream``), so an async caller never pays for a hop to
   a worker thread that a real async provider client would not make either; the gateway streams
   (``astream``), LangGraph's prebuilt agents ``ainvoke``;
-* a fixed ``latency_s`` per call (``asyncio.sleep``: it occupies no CPU, like a remote model);
+* a fixed ``latency_s`` per call (``asyncio.sleep``: it occupies no CPU, like a remote model), or
+  ``latency``, a function of the messages that overrides it;
 * tool calls: the script may return an ``AIMessage`` with ``tool_calls``, and ``bind_tools``
   works, so tool-calling agents (``create_react_agent``, ``langgraph-supervisor``) can run on it;
 * the replies (``replies``, parallel to ``calls``) and the peak number of calls in flight.
@@ -48,6 +49,7 @@ class BenchChatModel(ScriptedChatModel):
 
     respond: Callable[[list[BaseMessage]], Reply]
     latency_s: float = 0.0
+    latency: Callable[[list[BaseMessage]], float] | None = None  # per call; overrides latency_s
     replies: list[AIMessage] = Field(default_factory=list)
     paths: dict[str, int] = Field(default_factory=dict)  # which of the four entry points served the calls
     in_flight: int = 0
@@ -64,6 +66,9 @@ class BenchChatModel(ScriptedChatModel):
         self.max_in_flight = self.in_flight
 
     # --- the reply -------------------------------------------------------------------------
+    def _delay(self, messages: list[BaseMessage]) -> float:
+        return self.latency(messages) if self.latency is not None else self.latency_s
+
     def _start(self, messages: list[BaseMessage], path: str) -> AIMessage:
         self.calls.append(messages)
         self.paths[path] = self.paths.get(path, 0) + 1
@@ -95,8 +100,8 @@ class BenchChatModel(ScriptedChatModel):
     def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
         msg = self._start(messages, "generate")
         try:
-            if self.latency_s:
-                time.sleep(self.latency_s)
+            if delay := self._delay(messages):
+                time.sleep(delay)
             return ChatResult(generations=[ChatGeneration(message=msg)])
         finally:
             self._done()
@@ -105,8 +110,8 @@ class BenchChatModel(ScriptedChatModel):
                          **kw: Any) -> ChatResult:
         msg = self._start(messages, "agenerate")
         try:
-            if self.latency_s:
-                await asyncio.sleep(self.latency_s)
+            if delay := self._delay(messages):
+                await asyncio.sleep(delay)
             return ChatResult(generations=[ChatGeneration(message=msg)])
         finally:
             self._done()
@@ -115,8 +120,8 @@ class BenchChatModel(ScriptedChatModel):
                 **kw: Any) -> Iterator[ChatGenerationChunk]:
         msg = self._start(messages, "stream")
         try:
-            if self.latency_s:
-                time.sleep(self.latency_s)
+            if delay := self._delay(messages):
+                time.sleep(delay)
             yield from self._chunks(msg)
         finally:
             self._done()
@@ -125,8 +130,8 @@ class BenchChatModel(ScriptedChatModel):
                        **kw: Any) -> AsyncIterator[ChatGenerationChunk]:
         msg = self._start(messages, "astream")
         try:
-            if self.latency_s:
-                await asyncio.sleep(self.latency_s)
+            if delay := self._delay(messages):
+                await asyncio.sleep(delay)
             for chunk in self._chunks(msg):
                 yield chunk
         finally:

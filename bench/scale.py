@@ -12,7 +12,8 @@ checked against its own question (no cross-talk).
 1. **Throughput**: turns/s and p50/p99 turn latency at ``--conversations`` (10 and 50) for 1 and 2
    replicas; ideal = every turn takes its LLM-call depth x latency and conversations never wait.
    Replica CPU per turn (``/proc``, all their processes).
-2. **Kill** (``--kill``): under load on 2 replicas, replica 1 is SIGKILLed. A client whose request
+2. **Kill** (``--kill``): under load on 2 replicas, replica 1 is SIGKILLed in the middle of a turn
+   (one slow question sent straight to it is sure to be in flight). A client whose request
    failed checks whether the cluster stored its question: if so, its next message finishes the
    cut-off turn; if not, it sends the question again. Then, from PostgreSQL: lost turns (asked,
    never recorded), duplicated turn records, duplicated ledger rows, ledger rows of work redone.

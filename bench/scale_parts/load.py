@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from bench.scale_parts.replica import ECHO, LATENCY_ENV, write_registry
+from bench.scale_parts.replica import ECHO, LATENCY_ENV, SLOW, write_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "scripts" / "cluster.sh"
@@ -99,6 +99,10 @@ class Cluster:
     @property
     def url(self) -> str:
         return self.info["SWITCHBOARD_CLUSTER_URL"]
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return self.info.get("SWITCHBOARD_CLUSTER_REPLICAS", "").split()
 
     @property
     def pids(self) -> list[int]:
@@ -221,12 +225,13 @@ async def last_question(http: httpx.AsyncClient, conversation: str) -> str | Non
 async def converse(http: httpx.AsyncClient, conversation: str, turns: int, first: int = 0) -> list[Turn]:
     """A conversation's turns, one after the other. A turn whose request failed (a replica died
     under it) is not asked again if the cluster stored the question: the next message finishes it;
-    if the question never arrived, it is sent again."""
+    if the question never arrived, it is sent again. At most 5 sends and 10 looks per turn."""
     out = []
     for i in range(first, first + turns):
         text, expect, parts = question(conversation, i)
         turn = Turn(conversation, i, text, expect, parts)
         started = time.perf_counter()
+        looks = 0
         while True:
             try:
                 r = await ask(http, conversation, text)
@@ -239,13 +244,14 @@ async def converse(http: httpx.AsyncClient, conversation: str, turns: int, first
                     turn.error = body.get("error", {}).get("code") or str(r.status_code)
             except (httpx.HTTPError, ValueError) as exc:
                 turn.status, turn.error = 0, type(exc).__name__
-            if turn.status == 200 or turn.attempts >= 5:
+            if turn.status == 200 or turn.attempts >= 5 or looks >= 10:
                 break
             await asyncio.sleep(0.5)  # the balancer takes a dead replica out within ~2 s
+            looks += 1
             try:
                 stored = await last_question(http, conversation)
             except httpx.HTTPError:
-                continue
+                continue  # not known whether it arrived: ask again (a busy conversation answers 409)
             if stored == text:  # it reached the graph: the next message finishes it
                 turn.status, turn.answer = 0, ""
                 break
@@ -293,35 +299,58 @@ def audit_counts(db_url: str, threads: list[str]) -> dict[str, Any]:
             "audited_calls": audited[0] if audited else 0}
 
 
+VICTIM = "kill-victim"
+
+
 async def kill_under_load(cluster: Cluster, db_url: str, conversations: int, turns: int,
                           kill_after_s: float) -> dict[str, Any]:
-    """Conversations on a 2-replica cluster; replica 1 is SIGKILLed ``kill_after_s`` in. Then one
-    more message per conversation (its last turn may be the cut-off one) and the reckoning."""
-    async with client(cluster.url, cluster.info["api_key"], conversations) as http:
-        tasks = [asyncio.create_task(converse(http, f"kill-c{c}", turns)) for c in range(conversations)]
+    """Conversations on a 2-replica cluster; replica 1 is SIGKILLed ``kill_after_s`` in, in the
+    middle of a turn: one more conversation (:data:`VICTIM`) sends a slow question straight to
+    replica 1, and the kill waits until that turn is in its graph (its question stored). The load
+    through the balancer may lose turns in flight there too. Then one more message per
+    conversation (its last turn may be the cut-off one) and the reckoning."""
+    names = [f"kill-c{c}" for c in range(conversations)] + [VICTIM]
+    key = cluster.info["api_key"]
+    async with client(cluster.url, key, conversations + 1) as http, \
+            client(cluster.replica_urls[0], key, 1) as replica1:
+        tasks = [asyncio.create_task(converse(http, name, turns)) for name in names[:-1]]
+        text = f"Tell me a joke about {VICTIM}-t0 {SLOW}"
+        victim = Turn(VICTIM, 0, text, [ECHO, f"{VICTIM}-t0"], 1)
+        cut = asyncio.create_task(ask(replica1, VICTIM, text))
         await asyncio.sleep(kill_after_s)
-        # a kill between two of the replica's requests tests nothing: wait (a bounded while) until
-        # the balancer has one in flight there
-        deadline = time.monotonic() + 5.0
-        while cluster.sessions(1) == 0 and time.monotonic() < deadline and not all(t.done() for t in tasks):
-            await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 15.0
+        while not cut.done() and time.monotonic() < deadline:
+            try:
+                if await last_question(http, VICTIM) == text:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+        in_flight = cluster.sessions(1)  # the balancer's requests on replica 1 (not the victim's)
         killed_at = time.perf_counter()
         cluster.kill(1)
-        runs = await asyncio.gather(*tasks)
-        finals = await asyncio.gather(*(converse(http, f"kill-c{c}", 1, first=turns) for c in range(conversations)))
+        try:
+            victim.status = (await cut).status_code
+        except httpx.HTTPError as exc:
+            victim.status, victim.error = 0, type(exc).__name__
+        runs = [*await asyncio.gather(*tasks), [victim]]
+        finals = await asyncio.gather(*(converse(http, name, 1, first=len(run)) for name, run in zip(names, runs,
+                                                                                                    strict=True)))
         after = time.perf_counter() - killed_at
     sent = [t for run in runs for t in run] + [t for run in finals for t in run]
-    counts = audit_counts(db_url, [f"kill-c{c}" for c in range(conversations)])
+    counts = audit_counts(db_url, names)
     lost = duplicated = 0
-    for c in range(conversations):
-        asked = Counter(t.question for t in sent if t.conversation == f"kill-c{c}")
-        recorded = Counter(counts["questions"].get(f"kill-c{c}", []))
+    for name in names:
+        asked = Counter(t.question for t in sent if t.conversation == name)
+        recorded = Counter(counts["questions"].get(name, []))
         lost += sum(1 for q, n in asked.items() if recorded[q] < n)
         duplicated += sum(max(0, recorded[q] - n) for q, n in asked.items())
     tokens = {tok for t in sent for tok in t.expect if "-t" in tok}
     return {
-        "conversations": conversations, "turns_asked": len(sent),
+        "conversations": len(names), "turns_asked": len(sent),
         "requests_failed_by_kill": sum(1 for t in sent if t.status != 200),
+        "victim_cut": victim.status != 200,
+        "balancer_requests_in_flight_at_kill": in_flight,
         "resent_never_stored": sum(t.attempts - 1 for t in sent),
         "lost_turns": lost, "duplicated_turns": duplicated,
         "dup_turn_records": counts["dup_turn_records"], "dup_ledger_rows": counts["dup_ledger_rows"],

@@ -2,7 +2,8 @@
 
 Every model of the registry :func:`write_registry` writes is one scripted fake
 (``bench/overhead_parts/stack.py``'s competent answers) that takes ``SWITCHBOARD_BENCH_LATENCY_MS``
-per call, asleep (no CPU, like a remote model). The generalist echoes the question, so a load test
+per call, asleep (no CPU, like a remote model); a question holding :data:`SLOW` takes
+:data:`SLOW_S` (a turn a test can be sure is still in flight). The generalist echoes the question, so a load test
 can check each answer against its own conversation (no cross-talk). :func:`write_registry` may give
 the fake a price (USD per million tokens), for the budget race."""
 
@@ -21,6 +22,8 @@ from switchboard.settings import REPO_ROOT
 
 LATENCY_ENV = "SWITCHBOARD_BENCH_LATENCY_MS"
 ECHO = "You asked: "
+SLOW = "(take your time)"
+SLOW_S = 4.0
 
 
 def echo(messages: list[BaseMessage]) -> str:
@@ -53,4 +56,8 @@ def write_registry(path: Path, price_per_million: float = 0.0) -> Path:
 
 def install(services: Any) -> None:
     latency_s = float(os.environ.get(LATENCY_ENV, "200")) / 1000
-    services.registry.use_chat_model(BENCH_MODEL, BenchChatModel(respond=SCRIPT, latency_s=latency_s))
+
+    def latency(messages: list[BaseMessage]) -> float:
+        return SLOW_S if SLOW in str(messages[-1].content) else latency_s
+
+    services.registry.use_chat_model(BENCH_MODEL, BenchChatModel(respond=SCRIPT, latency=latency))
