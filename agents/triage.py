@@ -39,6 +39,8 @@ IMAGE_CLAUSE_MIN = 0.15  # vision+records_check probability for a clause to be "
 _PLEASANTRY = re.compile(r"^(?:(?:hi|hello|hey|hiya|howdy|greetings|good (?:morning|afternoon|evening|day)|"
                          r"thanks|thank you|thx|cheers|please|ok(?:ay)?|great)(?: there| so much| again| all)?"
                          r"[\s,.!?]*)+$", re.IGNORECASE)
+
+
 def _sentences(text: str) -> list[str]:
     """The message's sentences, as triage splits them first (empty ones dropped)."""
     return [s for s in (part.strip() for part in _SENTENCE.split(text.strip())) if s]

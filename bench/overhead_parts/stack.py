@@ -80,6 +80,12 @@ def req(*parts: tuple[str, str], text: str | None = None, image: bool = False) -
     return Request(text or " ".join(p for _, p in parts), tuple(parts), image)
 
 
+def greeted(greeting: str, *parts: tuple[str, str]) -> Request:
+    """A greeting, then real requests: triage answers the requests and makes no part of the
+    greeting (agents/triage.py, _one_general_part)."""
+    return req(*parts, text=" ".join([greeting, *(p for _, p in parts)]))
+
+
 SQL_BRAZIL = ("sql", "How many customers are from Brazil?")
 SQL_ARTIST = ("sql", "Which artist has the most albums?")
 SQL_ROCK = ("sql", "How many tracks are in the Rock genre?")
@@ -90,7 +96,6 @@ RAG_PAYMENT = ("rag", "Which payment methods do you accept?")
 RAG_DRM = ("rag", "Are the files DRM free?")
 RAG_GIFT = ("rag", "Do gift cards expire?")
 GEN_HELLO = ("general", "Hello!")
-GEN_HI = ("general", "Hi there!")
 GEN_JOKE = ("general", "Tell me a joke")
 GEN_FRANCE = ("general", "What is the capital of France?")
 VIS_TOTAL = ("vision", "What's the total on this receipt?")
@@ -103,7 +108,7 @@ MIX: list[Request] = [
     req(("sql", "How many customers are from Germany"), ("rag", "what are your support hours?"),
         text="How many customers are from Germany, and what are your support hours?"),
     req(("sql", "and how many of them are from Germany?")),
-    req(GEN_HI, RAG_PAYMENT),
+    greeted("Hi there!", RAG_PAYMENT),
     req(GEN_HELLO),
     req(SQL_ARTIST, GEN_JOKE),
     req(SQL_ARTIST),
@@ -116,10 +121,10 @@ MIX: list[Request] = [
 BY_K: dict[int, list[Request]] = {
     1: [req(SQL_BRAZIL), req(RAG_REFUND), req(GEN_HELLO)],
     2: [req(SQL_BRAZIL, RAG_REFUND), MIX[3], req(SQL_ARTIST, GEN_JOKE)],
-    3: [req(GEN_HELLO, SQL_BRAZIL, RAG_REFUND), req(SQL_ROCK, RAG_PAYPAL, GEN_JOKE),
+    3: [greeted("Hello!", SQL_BRAZIL, RAG_REFUND, GEN_JOKE), req(SQL_ROCK, RAG_PAYPAL, GEN_JOKE),
         req(SQL_EMPLOYEE, RAG_DRM, GEN_FRANCE)],
     4: [req(VIS_TOTAL, SQL_BRAZIL, RAG_REFUND, GEN_JOKE, image=True),
-        req(GEN_HI, SQL_BRAZIL, RAG_REFUND, GEN_JOKE),
+        greeted("Hi there!", SQL_BRAZIL, RAG_REFUND, RAG_DRM, GEN_JOKE),
         req(SQL_BRAZIL, SQL_ARTIST, RAG_REFUND, RAG_GIFT)],
 }
 
