@@ -10,7 +10,8 @@ function of the messages; every call is kept in ``calls``) plus what a benchmark
   ``latency``, a function of the messages that overrides it;
 * tool calls: the script may return an ``AIMessage`` with ``tool_calls``, and ``bind_tools``
   works, so tool-calling agents (``create_react_agent``, ``langgraph-supervisor``) can run on it;
-* the replies (``replies``, parallel to ``calls``) and the peak number of calls in flight.
+* the replies (``replies``, parallel to ``calls``; ``keep_calls`` bounds both, for a long-running
+  server) and the peak number of calls in flight.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class BenchChatModel(ScriptedChatModel):
     respond: Callable[[list[BaseMessage]], Reply]
     latency_s: float = 0.0
     latency: Callable[[list[BaseMessage]], float] | None = None  # per call; overrides latency_s
+    keep_calls: int | None = None  # keep only the last N calls and replies (None: all)
     replies: list[AIMessage] = Field(default_factory=list)
     paths: dict[str, int] = Field(default_factory=dict)  # which of the four entry points served the calls
     in_flight: int = 0
@@ -79,6 +81,9 @@ class BenchChatModel(ScriptedChatModel):
         msg = AIMessage(content=msg.content, tool_calls=msg.tool_calls, name=msg.name,
                         usage_metadata=self._usage(messages, str(msg.content)))
         self.replies.append(msg)
+        if self.keep_calls is not None:
+            del self.calls[:len(self.calls) - self.keep_calls]
+            del self.replies[:len(self.replies) - self.keep_calls]
         return msg
 
     def _done(self) -> None:

@@ -60,4 +60,6 @@ def install(services: Any) -> None:
     def latency(messages: list[BaseMessage]) -> float:
         return SLOW_S if SLOW in str(messages[-1].content) else latency_s
 
-    services.registry.use_chat_model(BENCH_MODEL, BenchChatModel(respond=SCRIPT, latency=latency))
+    # a server answers for as long as it runs: it keeps no call
+    fake = BenchChatModel(respond=SCRIPT, latency=latency, keep_calls=0)
+    services.registry.use_chat_model(BENCH_MODEL, fake)

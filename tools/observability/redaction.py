@@ -66,6 +66,12 @@ _SECRET_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+# Something every pattern above needs (lower-cased: a superset). Text with none of these is not
+# searched seven times; most text a turn records (questions, tasks, notes) has none.
+_SECRET_HINTS = ("sk-", "akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "bearer",
+                 "key", "token", "secret")
+
+
 def _random_looking(value: str) -> bool:
     """A credential value, not an identifier like ``settings.openai_api_key``: letters and digits."""
     return any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
@@ -74,6 +80,9 @@ def _random_looking(value: str) -> bool:
 def find_secrets(text: str) -> list[Finding]:
     """Spans that look like API keys or bearer tokens, in text order, never overlapping."""
     found: list[Finding] = []
+    lowered = text.lower()
+    if not any(hint in lowered for hint in _SECRET_HINTS):
+        return found
     for kind, pattern in _SECRET_PATTERNS:
         for m in pattern.finditer(text):
             if kind == "api_key_assignment" and not _random_looking(m.group("v")):
@@ -98,6 +107,8 @@ _FILE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "bmp",
 
 
 def _emails(text: str) -> Iterator[Finding]:
+    if "@" not in text:
+        return
     for m in _EMAIL.finditer(text):
         if m.group("tld").lower() not in _FILE_EXTENSIONS:
             yield Finding("email", m.start(), m.end(), m.group())
@@ -166,6 +177,8 @@ _CARD_ISSUERS: tuple[tuple[str, str, range | tuple[int, ...]], ...] = (
     ("67", "67", range(13, 20)),
 )
 # Runs of digit groups joined by single spaces or dashes; windows of these groups are checked.
+# Every card has 13 digits in such a run (text without one is not searched).
+_CARD_HINT = re.compile(r"\d(?:[ \-]?\d){12}")
 _DIGIT_RUN = re.compile(r"(?<![\w.\-/+])\d+(?:[ \-]\d+)*(?!\w)")
 
 
@@ -190,6 +203,8 @@ def card_is_valid(candidate: str) -> bool:
 
 
 def _cards(text: str) -> Iterator[Finding]:
+    if not _CARD_HINT.search(text):
+        return
     for m in _DIGIT_RUN.finditer(text):
         groups = [(m.start() + g.start(), m.start() + g.end()) for g in re.finditer(r"\d+", m.group())]
         # Windows of consecutive groups holding 13-19 digits, longest first. A grouped number
@@ -229,6 +244,11 @@ _PHONE_SHAPES = (
 )
 
 
+# Every shape above with the 9 digits a plausible number needs has them apart only by these
+# separators (text without such a run is not searched three times).
+_PHONE_HINT = re.compile(r"\d(?:[ .\-()/]*\d){8}")
+
+
 def _trim_phone(candidate: str) -> str:
     """Drop a trailing one-digit group ("+1 415 555 0100 2 times") and an unmatched ")"."""
     while True:
@@ -253,6 +273,8 @@ _IBAN_SHAPE = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,
 
 
 def _phones(text: str) -> Iterator[Finding]:
+    if not _PHONE_HINT.search(text):
+        return
     codes = [m.span() for m in _IBAN_SHAPE.finditer(text)]
     for shape in _PHONE_SHAPES:
         for m in shape.finditer(text):
