@@ -526,7 +526,8 @@ def _save_upload(uploads: Path, data: bytes, mime: str | None) -> Path:
 
 
 async def turn_events(board: Switchboard, turn: UserTurn, conversation: str, policy: str,
-                      principal: Principal | None = None) -> AsyncGenerator[lifecycle.Event, None]:
+                      principal: Principal | None = None, *,
+                      progress: bool = True) -> AsyncGenerator[lifecycle.Event, None]:
     """One turn's events (``Switchboard.stream``: one turn per conversation at a time, on every
     replica). The upload lives only while the turn runs (it may be a private receipt)."""
     upload = None
@@ -535,7 +536,7 @@ async def turn_events(board: Switchboard, turn: UserTurn, conversation: str, pol
         upload = await asyncio.to_thread(_save_upload, uploads, turn.image, turn.image_mime)
     try:
         async for event in board.stream(turn.text, thread_id=conversation, image=upload, policy=policy,
-                                        principal=principal):
+                                        principal=principal, progress=progress):
             yield event
     finally:
         if upload is not None:
@@ -545,7 +546,7 @@ async def turn_events(board: Switchboard, turn: UserTurn, conversation: str, pol
 async def run_turn(board: Switchboard, turn: UserTurn, conversation: str, policy: str,
                    principal: Principal | None = None) -> TurnResult:
     """Answer one turn: :func:`turn_events`, collected."""
-    return await collect(turn_events(board, turn, conversation, policy, principal))
+    return await collect(turn_events(board, turn, conversation, policy, principal, progress=False))
 
 
 def route_views(subtasks: list[dict[str, Any]], ledger: list[dict[str, Any]],

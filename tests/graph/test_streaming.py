@@ -73,6 +73,18 @@ async def test_ask_is_stream_collected(board):
     assert any(isinstance(e, lifecycle.StepToken) and e.agent == "sql" and "SELECT" in e.text for e in fresh)
 
 
+async def test_without_progress_only_how_the_turn_ended_is_streamed(board):
+    question = "How many customers do we have, and what is your refund policy?"
+    quiet = [e async for e in board.stream(question, thread_id="q1", progress=False)]
+    assert [type(e).__name__ for e in quiet] == ["Answer"]  # no triage, part, call or token events
+    loud = [e async for e in board.stream(question, thread_id="q2")]
+    assert any(isinstance(e, lifecycle.Token) for e in loud)
+    assert quiet[0].turn.answer == loud[-1].turn.answer and len(quiet[0].turn.subtasks) == 2
+    assert [r["ok"] for r in quiet[0].turn.results] == [True, True]
+    turn = await board.ask("And how many invoices are there?", thread_id="q1")  # the quiet thread goes on
+    assert turn.answer and turn.thread_id == "q1"
+
+
 async def test_stopping_the_stream_cancels_the_model_call_and_the_next_message_works(board):
     events = board.stream("Hello there, how are you?", thread_id="s4")
     async for event in events:
