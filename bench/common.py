@@ -59,6 +59,15 @@ def machine_load() -> str:
     return f"load {one:.2f}/{five:.2f}/{fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs; CPU probe {cpu_probe_ms():.1f} ms"
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy, all cores summed (``/proc/stat``: every state but
+    idle and iowait), so a load test can say what each turn cost everything that ran for it."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_probe_ms() -> float:
     """How fast this machine runs LangGraph right now, in ms: a bare three-node graph with an
     in-memory checkpointer, per run, best of 3 x 20 runs (allocation-heavy work like a turn's, which

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):  # run as a script; ahead of site-packages, which has a stray `tests` (literalai)
     sys.path.insert(0, str(ROOT))
 
-from bench.common import finish_run, format_table, machine_load  # noqa: E402
+from bench.common import finish_run, format_table, machine_cpu_seconds, machine_load  # noqa: E402
 from bench.eval_common import percentile  # noqa: E402
 from bench.scale_parts.load import (  # noqa: E402
     POSTGRES,
@@ -55,7 +56,7 @@ from bench.scale_parts.load import (  # noqa: E402
 
 
 def throughput_row(turns: list[Turn], wall: float, latency_s: float, conversations: int, replicas: int,
-                   cpu_s: float) -> dict[str, Any]:
+                   cpu_s: float, machine_cpu_s: float) -> dict[str, Any]:
     ok = [t for t in turns if t.ok]
     lat = [t.latency_s for t in ok]
     # a turn's ideal: one call per part in parallel, plus any call before or after (triage, a retry)
@@ -75,8 +76,28 @@ def throughput_row(turns: list[Turn], wall: float, latency_s: float, conversatio
         "p99_ms": round(percentile(lat, 99) * 1000, 1) if lat else None,
         "ideal_turn_ms": round(statistics.mean(depth) * latency_s * 1000, 1) if depth else None,
         "replica_cpu_ms_per_turn": round(cpu_s / max(1, len(turns)) * 1000, 1),
+        # everything on the machine: replicas, PostgreSQL, Chroma, HAProxy and this load client
+        "machine_cpu_ms_per_turn": round(machine_cpu_s / max(1, len(turns)) * 1000, 1),
         "extra_llm_calls": sum(d - 1 for d in depth),
     }
+
+
+def scaling_bound(rows: list[dict[str, Any]]) -> str:
+    """What this machine allows two replicas over one, from the busiest rows' CPU per turn.
+
+    One replica runs its Python on one core at a time (the GIL): at most 1000 / R turns/s for R ms
+    of replica CPU a turn. Two replicas share the machine's cores with everything else a turn
+    costs (PostgreSQL, Chroma, HAProxy, the load client): at most cores x 1000 / M turns/s for M ms
+    of machine CPU a turn. So two over one is at most cores x R / M, whatever the replicas do."""
+    cores = os.cpu_count() or 1
+    one = max((r for r in rows if r["replicas"] == 1), key=lambda r: r["conversations"])
+    two = max((r for r in rows if r["replicas"] == 2), key=lambda r: r["conversations"])
+    r_ms, m_ms = one["replica_cpu_ms_per_turn"], two["machine_cpu_ms_per_turn"]
+    if not r_ms or not m_ms:
+        return "bound: no CPU figures"
+    return (f"bound on this machine at {two['conversations']} conversations: one replica <= about {1000 / r_ms:.0f} turns/s "
+            f"({r_ms} ms of its CPU a turn, one core), two <= {cores * 1000 / m_ms:.0f} turns/s ({m_ms} ms of "
+            f"machine CPU a turn over {cores} cores), so two / one <= {cores * r_ms / m_ms:.2f}x")
 
 
 async def figure1(pg_admin: str, run: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -88,10 +109,10 @@ async def figure1(pg_admin: str, run: Path, args: argparse.Namespace) -> list[di
             key = cluster.info["api_key"]
             await load(cluster.url, key, 8, 2, f"warm{replicas}")  # imports, caches, pools
             for conversations in args.conversations:
-                cpu0 = cluster.cpu_seconds()
+                cpu0, machine0 = cluster.cpu_seconds(), machine_cpu_seconds()
                 turns, wall = await load(cluster.url, key, conversations, args.turns, f"r{replicas}c{conversations}")
                 row = throughput_row(turns, wall, args.latency_ms / 1000, conversations, replicas,
-                                     cluster.cpu_seconds() - cpu0)
+                                     cluster.cpu_seconds() - cpu0, machine_cpu_seconds() - machine0)
                 rows.append(row)
                 print(f"  {replicas} replica(s), {conversations} conversations: {row['turns_per_s']} turns/s "
                       f"({row['fraction_of_ideal']} of ideal), p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms; "
@@ -140,12 +161,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print("== 1. throughput: 1 and 2 replicas behind HAProxy", flush=True)
             out["throughput"] = await figure1(admin, run, args)
             cols = ["replicas", "conversations", "turns", "ok", "crosstalk", "turns_per_s", "ideal_turns_per_s",
-                    "fraction_of_ideal", "p50_ms", "p99_ms", "ideal_turn_ms", "replica_cpu_ms_per_turn"]
+                    "fraction_of_ideal", "p50_ms", "p99_ms", "ideal_turn_ms", "replica_cpu_ms_per_turn",
+                    "machine_cpu_ms_per_turn"]
             print(format_table(cols, [[r[c] for c in cols] for r in out["throughput"]]))
             for n in args.conversations:
                 one = next(r for r in out["throughput"] if r["replicas"] == 1 and r["conversations"] == n)
                 two = next(r for r in out["throughput"] if r["replicas"] == 2 and r["conversations"] == n)
                 print(f"{n} conversations: 2 replicas / 1 replica = {two['turns_per_s'] / one['turns_per_s']:.2f}x")
+            print(scaling_bound(out["throughput"]))
         if 2 in args.figures:
             print("\n== 2. one replica SIGKILLed under load (2 replicas)", flush=True)
             out["kill"] = await figure2(admin, run, args)
