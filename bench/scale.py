@@ -56,7 +56,7 @@ from bench.scale_parts.load import (  # noqa: E402
 
 
 def throughput_row(turns: list[Turn], wall: float, latency_s: float, conversations: int, replicas: int,
-                   cpu_s: float, machine_cpu_s: float) -> dict[str, Any]:
+                   cpu_s: float, machine_cpu_s: float, client_cpu_s: float) -> dict[str, Any]:
     ok = [t for t in turns if t.ok]
     lat = [t.latency_s for t in ok]
     # a turn's ideal: one call per part in parallel, plus any call before or after (triage, a retry)
@@ -78,6 +78,7 @@ def throughput_row(turns: list[Turn], wall: float, latency_s: float, conversatio
         "replica_cpu_ms_per_turn": round(cpu_s / max(1, len(turns)) * 1000, 1),
         # everything on the machine: replicas, PostgreSQL, Chroma, HAProxy and this load client
         "machine_cpu_ms_per_turn": round(machine_cpu_s / max(1, len(turns)) * 1000, 1),
+        "client_cpu_ms_per_turn": round(client_cpu_s / max(1, len(turns)) * 1000, 1),  # of that, this load client
         "extra_llm_calls": sum(d - 1 for d in depth),
     }
 
@@ -109,10 +110,11 @@ async def figure1(pg_admin: str, run: Path, args: argparse.Namespace) -> list[di
             key = cluster.info["api_key"]
             await load(cluster.url, key, 8, 2, f"warm{replicas}")  # imports, caches, pools
             for conversations in args.conversations:
-                cpu0, machine0 = cluster.cpu_seconds(), machine_cpu_seconds()
+                cpu0, machine0, client0 = cluster.cpu_seconds(), machine_cpu_seconds(), time.process_time()
                 turns, wall = await load(cluster.url, key, conversations, args.turns, f"r{replicas}c{conversations}")
                 row = throughput_row(turns, wall, args.latency_ms / 1000, conversations, replicas,
-                                     cluster.cpu_seconds() - cpu0, machine_cpu_seconds() - machine0)
+                                     cluster.cpu_seconds() - cpu0, machine_cpu_seconds() - machine0,
+                                     time.process_time() - client0)
                 rows.append(row)
                 print(f"  {replicas} replica(s), {conversations} conversations: {row['turns_per_s']} turns/s "
                       f"({row['fraction_of_ideal']} of ideal), p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms; "
@@ -162,7 +164,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             out["throughput"] = await figure1(admin, run, args)
             cols = ["replicas", "conversations", "turns", "ok", "crosstalk", "turns_per_s", "ideal_turns_per_s",
                     "fraction_of_ideal", "p50_ms", "p99_ms", "ideal_turn_ms", "replica_cpu_ms_per_turn",
-                    "machine_cpu_ms_per_turn"]
+                    "machine_cpu_ms_per_turn", "client_cpu_ms_per_turn"]
             print(format_table(cols, [[r[c] for c in cols] for r in out["throughput"]]))
             for n in args.conversations:
                 one = next(r for r in out["throughput"] if r["replicas"] == 1 and r["conversations"] == n)
