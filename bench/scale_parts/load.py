@@ -164,13 +164,19 @@ def _tree_stats(pid: int) -> list[str]:
 
 
 # --- the conversations ------------------------------------------------------------------------------
+def echoed(conv: str, turn: int, tail: str = "") -> tuple[str, list[str], int]:
+    """A one-part question the generalist echoes, with a token naming its conversation and turn:
+    the text, fragments its answer must contain (the echo, the token), and its number of parts."""
+    token = f"{conv}-t{turn}"
+    return f"Tell me a joke about {token}{tail}", [ECHO, token], 1
+
+
 def question(conv: str, turn: int) -> tuple[str, list[str], int]:
     """What conversation ``conv`` asks at ``turn``: the text, fragments its answer must contain,
     and its number of parts. Conversations start at different places, so questions in flight differ."""
     kind = (turn + sum(map(ord, conv))) % 3
-    token = f"{conv}-t{turn}"
     if kind == 0:
-        return f"Tell me a joke about {token}", [ECHO, token], 1
+        return echoed(conv, turn)
     if kind == 1:
         return "How many customers are from Brazil?", ["customers are from Brazil"], 1
     return "How many customers are from Brazil? What's your refund policy?", \
@@ -314,8 +320,8 @@ async def kill_under_load(cluster: Cluster, db_url: str, conversations: int, tur
     async with client(cluster.url, key, conversations + 1) as http, \
             client(cluster.replica_urls[0], key, 1) as replica1:
         tasks = [asyncio.create_task(converse(http, name, turns)) for name in names[:-1]]
-        text = f"Tell me a joke about {VICTIM}-t0 {SLOW}"
-        victim = Turn(VICTIM, 0, text, [ECHO, f"{VICTIM}-t0"], 1)
+        text, expect, parts = echoed(VICTIM, 0, f" {SLOW}")
+        victim = Turn(VICTIM, 0, text, expect, parts)
         cut = asyncio.create_task(ask(replica1, VICTIM, text))
         await asyncio.sleep(kill_after_s)
         deadline = time.monotonic() + 15.0
